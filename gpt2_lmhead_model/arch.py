@@ -1,0 +1,37 @@
+"""Registers GPT2LMHeadModel with MAX's pipeline registry."""
+
+from max.graph.weights import WeightsFormat
+from max.pipelines.context import TextContext
+from max.pipelines.kv_cache.memory_planner import PagedMemoryPlanner
+from max.pipelines.lib import SupportedArchitecture, TextTokenizer
+from max.pipelines.modeling.types import PipelineTask
+
+from . import weight_adapters
+from .model import GPT2BatchProcessor, GPT2Model
+from .model_config import GPT2Config
+
+gpt2_arch = SupportedArchitecture(
+    name="GPT2LMHeadModel",
+    task=PipelineTask.TEXT_GENERATION,
+    example_repo_ids=[
+        "distilbert/distilgpt2",
+        "openai-community/gpt2",
+        "openai-community/gpt2-medium",
+        "openai-community/gpt2-large",
+        "openai-community/gpt2-xl",
+        "microsoft/DialoGPT-medium",
+    ],
+    default_encoding=GPT2Config.DEFAULT_ENCODING,
+    supported_encodings=GPT2Config.SUPPORTED_ENCODINGS,
+    pipeline_model=GPT2Model,
+    tokenizer=TextTokenizer,
+    context_type=TextContext,
+    default_weights_format=WeightsFormat.safetensors,
+    weight_adapters={
+        WeightsFormat.safetensors: weight_adapters.convert_safetensor_state_dict,
+    },
+    multi_gpu_supported=False,
+    config=GPT2Config,
+    batching=GPT2BatchProcessor,
+    memory_planner=PagedMemoryPlanner,
+)

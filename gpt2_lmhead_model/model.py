@@ -1,0 +1,138 @@
+"""The pipeline model: compiles the GPT-2 graph and runs ragged batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from max import tree
+from max.driver import Buffer, Device
+from max.engine import InferenceSession, Model
+from max.graph.weights import Weights, WeightsAdapter
+from max.nn.kv_cache import KVCacheInputs
+from max.nn.transformer import ReturnLogits
+from max.pipelines.context import TextContext
+from max.pipelines.lib import (
+    KVCacheConfig,
+    ModelInputs,
+    ModelOutputs,
+    PipelineConfig,
+    PipelineModelWithKVCache,
+)
+from max.pipelines.lib.graph_specs import GraphRole, GraphSpec
+from max.pipelines.lib.interfaces.batch_processor import (
+    SingleReplicaRaggedBatchProcessor,
+)
+from max.pipelines.lib.memory_estimation import MemoryPlan
+from typing_extensions import override
+
+from .gpt2 import GPT2
+from .model_config import GPT2Config
+
+
+@dataclass
+class GPT2Inputs(ModelInputs):
+    """One step's graph inputs: the ragged token batch and its KV cache."""
+
+    tokens: Buffer
+    input_row_offsets: Buffer
+    return_n_logits: Buffer
+
+    @property
+    def buffers(self) -> tuple[Buffer, ...]:
+        assert self.kv_cache_inputs is not None
+        return (
+            self.tokens,
+            self.input_row_offsets,
+            self.return_n_logits,
+            *tree.leaves(self.kv_cache_inputs),
+        )
+
+
+class GPT2BatchProcessor(
+    SingleReplicaRaggedBatchProcessor[TextContext, GPT2Inputs]
+):
+    """MAX's ragged batching: every sequence's new tokens in one stream."""
+
+    def _make_inputs(
+        self,
+        *,
+        tokens: Buffer,
+        input_row_offsets: Buffer,
+        return_n_logits: Buffer,
+        kv_cache_inputs: KVCacheInputs[Buffer, Buffer] | None,
+        signal_buffers: list[Buffer],
+    ) -> GPT2Inputs:
+        del signal_buffers  # one device: no collectives
+        return GPT2Inputs(
+            tokens=tokens,
+            input_row_offsets=input_row_offsets,
+            return_n_logits=return_n_logits,
+            kv_cache_inputs=kv_cache_inputs,
+        )
+
+
+class GPT2Model(PipelineModelWithKVCache[TextContext, GPT2Config, Model]):
+    """GPT2LMHeadModel on MAX: one decoder graph over the paged KV cache."""
+
+    model_config_cls: ClassVar[type[Any]] = GPT2Config
+    batch_processor_cls: ClassVar[type[GPT2BatchProcessor]] = GPT2BatchProcessor
+
+    def __init__(
+        self,
+        pipeline_config: PipelineConfig,
+        session: InferenceSession,
+        devices: list[Device],
+        kv_cache_config: KVCacheConfig,
+        weights: Weights,
+        *,
+        memory_plan: MemoryPlan,
+        adapter: WeightsAdapter | None = None,
+        return_logits: ReturnLogits = ReturnLogits.LAST_TOKEN,
+        max_batch_size: int = 1,
+    ) -> None:
+        super().__init__(
+            pipeline_config,
+            session,
+            devices,
+            kv_cache_config,
+            weights,
+            adapter=adapter,
+            return_logits=return_logits,
+            max_batch_size=max_batch_size,
+            memory_plan=memory_plan,
+        )
+        self._state_dict: dict[str, Any] = {}
+        self.model = self.load_graphs(session)[GraphRole.DECODER]
+
+    def execute(self, model_inputs: ModelInputs) -> ModelOutputs:
+        assert isinstance(model_inputs, GPT2Inputs)
+        assert self.batch_processor is not None
+        outputs = self.model.execute(*model_inputs.buffers)
+        return self.batch_processor.process_outputs(outputs)
+
+    @override
+    def _load_state_dict(self) -> dict[str, Any]:
+        self._state_dict = super()._load_state_dict()
+        return self._state_dict
+
+    @override
+    def _create_model_config(self, state_dict: dict[str, Any]) -> GPT2Config:
+        del state_dict
+        config = self.arch_config_as(GPT2Config)
+        config.return_logits = self.return_logits
+        return config
+
+    @override
+    def graph_specs(self, model_config: GPT2Config) -> dict[str, GraphSpec]:
+        gpt2 = GPT2(model_config)
+        gpt2.load_state_dict(self._state_dict, weight_alignment=1, strict=True)
+        self._state_dict = {}  # the graph's registry now holds the weights
+        return {
+            GraphRole.DECODER: GraphSpec(
+                gpt2,
+                "gpt2",
+                self._bind_graph_inputs(gpt2.input_tree()),
+                weights=gpt2.state_dict(),
+            )
+        }
