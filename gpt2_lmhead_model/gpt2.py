@@ -183,9 +183,7 @@ class GPT2(Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         if len(config.devices) != 1:
-            raise ValueError(
-                f"GPT-2 runs on one device; got {len(config.devices)}"
-            )
+            raise ValueError(f"GPT-2 runs on one device; got {len(config.devices)}")
         device = config.devices[0]
         self.config = config
         self.kv_params = config.kv_params

@@ -49,9 +49,7 @@ class GPT2Inputs(ModelInputs):
         )
 
 
-class GPT2BatchProcessor(
-    SingleReplicaRaggedBatchProcessor[TextContext, GPT2Inputs]
-):
+class GPT2BatchProcessor(SingleReplicaRaggedBatchProcessor[TextContext, GPT2Inputs]):
     """MAX's ragged batching: every sequence's new tokens in one stream."""
 
     def _make_inputs(

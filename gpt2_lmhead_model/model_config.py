@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from max.dtype import DType
 from max.graph import DeviceRef
@@ -26,7 +26,7 @@ from max.pipelines.modeling.config_enums import (
     supported_encoding_dtype,
 )
 from transformers import AutoConfig
-from typing_extensions import Self, override
+from typing_extensions import override
 
 # transformers' ACT2FN names that the graph implements exactly.
 SUPPORTED_ACTIVATIONS = (
@@ -85,8 +85,7 @@ def validate_hf_config(hf_config: AutoConfig) -> None:
     n_inner = getattr(hf_config, "n_inner", None)
     if n_inner is not None and (not isinstance(n_inner, int) or n_inner <= 0):
         raise UnsupportedGPT2Config(
-            f"config.json n_inner={n_inner!r} must be null or a positive "
-            "integer"
+            f"config.json n_inner={n_inner!r} must be null or a positive integer"
         )
 
 
@@ -195,12 +194,9 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
                 f"no config.json could be read for {model_config.model_path!r}"
             )
         validate_hf_config(hf)
-        encoding = _select_quantization_encoding(
-            model_config, cls.DEFAULT_ENCODING
-        )
+        encoding = _select_quantization_encoding(model_config, cls.DEFAULT_ENCODING)
         devices = [
-            DeviceRef(spec.device_type, spec.id)
-            for spec in model_config.device_specs
+            DeviceRef(spec.device_type, spec.id) for spec in model_config.device_specs
         ]
         kv_params = cls.construct_kv_params(
             huggingface_config=hf,
@@ -236,7 +232,5 @@ def hyperparameters(hf_config: AutoConfig) -> dict[str, Any]:
         "scale_attn_by_inverse_layer_idx": bool(
             getattr(hf_config, "scale_attn_by_inverse_layer_idx", False)
         ),
-        "tie_word_embeddings": bool(
-            getattr(hf_config, "tie_word_embeddings", True)
-        ),
+        "tie_word_embeddings": bool(getattr(hf_config, "tie_word_embeddings", True)),
     }

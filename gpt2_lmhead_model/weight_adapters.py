@@ -32,12 +32,14 @@ from transformers import AutoConfig
 from .model_config import GPT2Config, hyperparameters, validate_hf_config
 
 # Conv1D modules: stored [in, out], the graph's Linear wants [out, in].
-CONV1D_WEIGHTS = re.compile(r"^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
+CONV1D_WEIGHTS = re.compile(
+    r"^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$"
+)
 # Causal-mask buffers some checkpoints carry; the attention kernel masks itself.
 MASK_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 
 Action = Literal["copied", "transposed", "dropped", "tied"]
-Shape = tuple[int, ...]
+Dims = tuple[int, ...]
 
 
 class CheckpointMismatch(ValueError):
@@ -49,18 +51,18 @@ class MappedTensor:
     """Where one checkpoint tensor goes (or, for a tied head, comes from)."""
 
     source: str
-    source_shape: Shape
+    source_shape: Dims
     target: str | None
-    target_shape: Shape | None
+    target_shape: Dims | None
     action: Action
     note: str = ""
 
 
-def graph_weight_shapes(hf_config: AutoConfig) -> dict[str, Shape]:
+def graph_weight_shapes(hf_config: AutoConfig) -> dict[str, Dims]:
     """Every weight the graph binds, in MAX's `[out, in]` layout."""
     hp = hyperparameters(hf_config)
     e, inner = hp["n_embd"], hp["n_inner"]
-    shapes: dict[str, Shape] = {
+    shapes: dict[str, Dims] = {
         "wte.weight": (hp["vocab_size"], e),
         "wpe.weight": (hp["n_positions"], e),
     }
@@ -87,7 +89,7 @@ def graph_weight_shapes(hf_config: AutoConfig) -> dict[str, Shape]:
 
 
 def plan_weights(
-    checkpoint_shapes: Mapping[str, Shape], hf_config: AutoConfig
+    checkpoint_shapes: Mapping[str, Dims], hf_config: AutoConfig
 ) -> list[MappedTensor]:
     """Maps checkpoint tensors to graph weights, or raises naming every problem."""
     validate_hf_config(hf_config)
@@ -101,12 +103,20 @@ def plan_weights(
         shape = tuple(int(d) for d in raw_shape)
         name = source.removeprefix("transformer.")
         if MASK_BUFFERS.match(name):
-            plan.append(MappedTensor(source, shape, None, None, "dropped", "causal-mask buffer"))
+            plan.append(
+                MappedTensor(source, shape, None, None, "dropped", "causal-mask buffer")
+            )
             continue
         if name == "lm_head.weight" and tied:
             plan.append(
-                MappedTensor(source, shape, None, None, "dropped",
-                             "tie_word_embeddings: the head is wte.weight")
+                MappedTensor(
+                    source,
+                    shape,
+                    None,
+                    None,
+                    "dropped",
+                    "tie_word_embeddings: the head is wte.weight",
+                )
             )
             continue
         if name not in expected:
@@ -127,7 +137,9 @@ def plan_weights(
             )
             continue
         plan.append(
-            MappedTensor(source, shape, name, want, "transposed" if transposed else "copied")
+            MappedTensor(
+                source, shape, name, want, "transposed" if transposed else "copied"
+            )
         )
 
     for name, want in expected.items():
@@ -142,8 +154,14 @@ def plan_weights(
     if tied:
         wte = next(m for m in plan if m.target == "wte.weight")
         plan.append(
-            MappedTensor(wte.source, wte.source_shape, "lm_head.weight",
-                         wte.target_shape, "tied", "shares wte.weight")
+            MappedTensor(
+                wte.source,
+                wte.source_shape,
+                "lm_head.weight",
+                wte.target_shape,
+                "tied",
+                "shares wte.weight",
+            )
         )
     return plan
 
@@ -169,7 +187,9 @@ def adapt_weights(
     tensors: Mapping[str, WeightData], hf_config: AutoConfig, dtype: DType
 ) -> dict[str, WeightData]:
     """Applies `plan_weights` to loaded tensors; the tied head is left to the graph."""
-    plan = plan_weights({k: tuple(int(d) for d in v.shape) for k, v in tensors.items()}, hf_config)
+    plan = plan_weights(
+        {k: tuple(int(d) for d in v.shape) for k, v in tensors.items()}, hf_config
+    )
     out: dict[str, WeightData] = {}
     for item in plan:
         if item.action not in ("copied", "transposed") or item.target is None:

@@ -38,9 +38,7 @@ DISTILGPT2_CONFIG: dict[str, Any] = {
     "summary_proj_to_labels": True,
     "summary_type": "cls_index",
     "summary_use_proj": True,
-    "task_specific_params": {
-        "text-generation": {"do_sample": True, "max_length": 50}
-    },
+    "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
     "vocab_size": 50257,
 }
 

@@ -1,0 +1,66 @@
+"""Session fixtures: checkpoints written once, graphs compiled once.
+
+Compiling a graph on these 2-core CPUs takes minutes cold, so every test
+that needs MAX outputs shares the session-scoped decodes below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MAX_SERVE_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from gpt2_max.checkpoints import write_checkpoint
+
+TEXT = (
+    "The harbour was quiet in the early morning, and the fishing boats "
+    "rocked gently against the pier while gulls argued over scraps. An old "
+    "man sat on an upturned crate, mending a net with quick, practised "
+    "fingers, and told anyone who would listen about the winter storm of "
+    "his childhood, when the sea came over the wall and into the square. "
+)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import GPT2Tokenizer
+
+    from gpt2_max.checkpoints import TOKENIZER_DIR
+
+    return GPT2Tokenizer.from_pretrained(TOKENIZER_DIR)
+
+
+def prompts_for_window(
+    tokenizer, n_positions: int, decode_steps: int
+) -> list[list[int]]:
+    """Three prompts of different lengths; the last one fills the window.
+
+    Its final decode step feeds position n_positions - 1, the last row of
+    `wpe`.
+    """
+    ids = tokenizer(TEXT * 40).input_ids
+    longest = n_positions - decode_steps
+    assert len(ids) >= longest
+    return [
+        tokenizer("Hello world").input_ids,
+        tokenizer(TEXT).input_ids,
+        ids[:longest],
+    ]
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """(a) DistilGPT2's exact config, laid out as the hub's files are;
+    (b) a small config that differs everywhere, as save_pretrained writes it."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "distilgpt2": write_checkpoint(root / "distilgpt2", "distilgpt2", seed=0),
+        "variant": write_checkpoint(
+            root / "variant", "variant", seed=1, layout="transformers"
+        ),
+    }
