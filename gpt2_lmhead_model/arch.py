@@ -2,13 +2,14 @@
 
 from max.graph.weights import WeightsFormat
 from max.pipelines.context import TextContext
-from max.pipelines.kv_cache.memory_planner import PagedMemoryPlanner
-from max.pipelines.lib import SupportedArchitecture, TextTokenizer
+from max.pipelines.lib import SupportedArchitecture
 from max.pipelines.modeling.types import PipelineTask
 
 from . import weight_adapters
+from .memory_planner import GPT2MemoryPlanner
 from .model import GPT2BatchProcessor, GPT2Model
 from .model_config import GPT2Config
+from .tokenizer import GPT2Tokenizer
 
 gpt2_arch = SupportedArchitecture(
     name="GPT2LMHeadModel",
@@ -24,7 +25,7 @@ gpt2_arch = SupportedArchitecture(
     default_encoding=GPT2Config.DEFAULT_ENCODING,
     supported_encodings=GPT2Config.SUPPORTED_ENCODINGS,
     pipeline_model=GPT2Model,
-    tokenizer=TextTokenizer,
+    tokenizer=GPT2Tokenizer,
     context_type=TextContext,
     default_weights_format=WeightsFormat.safetensors,
     weight_adapters={
@@ -33,5 +34,5 @@ gpt2_arch = SupportedArchitecture(
     multi_gpu_supported=False,
     config=GPT2Config,
     batching=GPT2BatchProcessor,
-    memory_planner=PagedMemoryPlanner,
+    memory_planner=GPT2MemoryPlanner,
 )
