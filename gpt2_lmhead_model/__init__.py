@@ -4,10 +4,10 @@ max serve --custom-architectures gpt2_lmhead_model --model-path distilbert/disti
 """
 
 from .arch import gpt2_arch
-from .serving import install_request_checks
+from .serving import install_into_max_serve
 
 ARCHITECTURES = [gpt2_arch]
 
-install_request_checks()
+install_into_max_serve()
 
 __all__ = ["ARCHITECTURES", "gpt2_arch"]

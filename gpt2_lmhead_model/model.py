@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,7 +28,10 @@ from max.pipelines.lib.memory_estimation import MemoryPlan
 from typing_extensions import override
 
 from .gpt2 import GPT2
-from .model_config import GPT2Config
+from .model_config import CheckpointError, GPT2Config
+
+# The process name `max serve` gives its model worker.
+MAX_SERVE_WORKER = "Model Worker"
 
 
 @dataclass
@@ -101,7 +105,13 @@ class GPT2Model(PipelineModelWithKVCache[TextContext, GPT2Config, Model]):
             memory_plan=memory_plan,
         )
         self._state_dict: dict[str, Any] = {}
-        self.model = self.load_graphs(session)[GraphRole.DECODER]
+        try:
+            self.model = self.load_graphs(session)[GraphRole.DECODER]
+        except CheckpointError as e:
+            if multiprocessing.current_process().name == MAX_SERVE_WORKER:
+                # One line on stderr instead of the worker's traceback.
+                raise SystemExit(f"gpt2_lmhead_model: {e}") from None
+            raise
 
     def execute(self, model_inputs: ModelInputs) -> ModelOutputs:
         assert isinstance(model_inputs, GPT2Inputs)

@@ -43,7 +43,11 @@ SUPPORTED_ACTIVATIONS = (
 )
 
 
-class UnsupportedGPT2Config(ValueError):
+class CheckpointError(ValueError):
+    """This checkpoint cannot be served; the message says why, in one line."""
+
+
+class UnsupportedGPT2Config(CheckpointError):
     """A `config.json` value this architecture cannot run faithfully."""
 
 

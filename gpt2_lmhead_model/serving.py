@@ -1,10 +1,14 @@
-"""What `max serve` gains from loading this package: clear request errors.
+"""What `max serve` gains from loading this package.
 
-MAX 26.7.0 answers many bad OpenAI requests with a bare "Value error." or
-"Missing JSON.", and accepts some values it then silently replaces
-(`max_tokens: 0`, `seed: 0`, `n: 2`). The ASGI middleware here checks
-`/v1/completions` and `/v1/chat/completions` bodies first and answers a 4xx
-that names the field and the value; anything it passes reaches MAX as sent.
+MAX 26.7.0's OpenAI layer answers many bad requests with a bare "Value
+error." or "Missing JSON.", silently replaces some values (`max_tokens: 0`,
+`seed: 0`, `n: 2`), and on `/v1/completions` returns the stop string, and
+tokens generated after it, in the text. The ASGI middleware here fixes both
+for `/v1/completions` and `/v1/chat/completions`:
+- request bodies are checked first, and a bad one gets a 4xx naming the
+  field and the value; anything that passes reaches MAX as sent;
+- with `stop`, each choice's text ends before the first stop string, as
+  OpenAI's API specifies, streaming or not.
 It is installed only inside `max serve`, when MAX imports this package.
 """
 
@@ -13,10 +17,14 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
+
+from .model_config import CheckpointError
 
 COMPLETIONS = "/v1/completions"
 CHAT_COMPLETIONS = "/v1/chat/completions"
@@ -56,8 +64,8 @@ def _reject_constant(name: str) -> Any:
 
 def check_request(
     path: str, body: bytes, served_models: Collection[str]
-) -> RequestError | None:
-    """The first thing wrong with a completions request body, if any."""
+) -> dict[str, Any] | RequestError:
+    """The parsed request, or the first thing wrong with it."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -82,7 +90,7 @@ def check_request(
         return RequestError(
             400, f"request body must be a JSON object, got {type(request).__name__}"
         )
-    return _check_fields(path, request, served_models)
+    return _check_fields(path, request, served_models) or request
 
 
 def _check_fields(
@@ -134,6 +142,9 @@ def _check_fields(
             )
         if not 0 < seed < 2**64:
             return RequestError(400, f"seed must be in [1, 2**64), got {seed}", "seed")
+    stops = request.get("stop")
+    if (isinstance(stops, list) and "" in stops) or stops == "":
+        return RequestError(400, "stop strings must not be empty", "stop")
     n = request.get("n")
     if n is not None and n != 1:
         return RequestError(
@@ -163,8 +174,102 @@ def _is_number(value: Any) -> bool:
 ASGIApp = Callable[..., Any]
 
 
+class StopStrings:
+    """Ends each choice's text before the first stop string.
+
+    Streaming text is held back by `len(longest stop) - 1` characters, so a
+    stop string split across chunks is still caught before any of it is
+    sent.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.hold = max(len(s) for s in stops) - 1
+        self.pending: dict[int, str] = {}
+        self.stopped: set[int] = set()
+
+    def cut(self, text: str) -> int | None:
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        return min(hits) if hits else None
+
+    def whole(self, text: str) -> tuple[str, bool]:
+        at = self.cut(text)
+        return (text, False) if at is None else (text[:at], True)
+
+    def stream(self, index: int, text: str, last: bool) -> tuple[str, bool]:
+        """Text to send now for choice `index`, and whether it just stopped."""
+        if index in self.stopped:
+            return "", False
+        pending = self.pending.get(index, "") + text
+        at = self.cut(pending)
+        if at is not None:
+            self.stopped.add(index)
+            self.pending.pop(index, None)
+            return pending[:at], True
+        if last or self.hold == 0:
+            self.pending[index] = ""
+            return pending, False
+        keep = min(self.hold, len(pending))
+        self.pending[index] = pending[len(pending) - keep :]
+        return pending[: len(pending) - keep], False
+
+
+def _text_slot(
+    choice: dict[str, Any], chat: bool, streaming: bool
+) -> tuple[dict[str, Any], str] | None:
+    """Where a choice's text lives: completions `text`, chat `message`/`delta`."""
+    if not chat:
+        return choice, "text"
+    holder = choice.get("delta" if streaming else "message")
+    return (holder, "content") if isinstance(holder, dict) else None
+
+
+def _cut_response(body: bytes, stops: StopStrings, chat: bool) -> bytes:
+    response = json.loads(body)
+    for choice in response.get("choices") or []:
+        slot = _text_slot(choice, chat, streaming=False)
+        if slot is None or not isinstance(slot[0].get(slot[1]), str):
+            continue
+        text, stopped = stops.whole(slot[0][slot[1]])
+        if stopped:
+            slot[0][slot[1]] = text
+            choice["finish_reason"] = "stop"
+    return json.dumps(response).encode()
+
+
+def _cut_event(event: bytes, stops: StopStrings, chat: bool) -> bytes | None:
+    """One SSE event with stop strings applied; None drops it."""
+    prefix = b"data: "
+    if not event.startswith(prefix) or event[len(prefix) :].strip() == b"[DONE]":
+        return event
+    chunk = json.loads(event[len(prefix) :])
+    choices = chunk.get("choices") or []
+    kept = []
+    for choice in choices:
+        index = int(choice.get("index", 0))
+        if index in stops.stopped:
+            continue  # generated after its stop string: not the user's text
+        slot = _text_slot(choice, chat, streaming=True)
+        last = choice.get("finish_reason") is not None
+        if slot is not None:
+            holder, key = slot
+            text = holder.get(key)
+            # A final chunk without text still releases what was held back.
+            if isinstance(text, str) or last:
+                sent, stopped = stops.stream(index, text or "", last)
+                if sent or isinstance(text, str):
+                    holder[key] = sent
+                if stopped:
+                    choice["finish_reason"] = "stop"
+        kept.append(choice)
+    if choices and not kept:
+        return None
+    chunk["choices"] = kept
+    return prefix + json.dumps(chunk).encode()
+
+
 class OpenAIRequestChecks:
-    """ASGI middleware running `check_request` on completion requests."""
+    """ASGI middleware: `check_request` first, then stop strings enforced."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -191,22 +296,82 @@ class OpenAIRequestChecks:
             if more and 0 < limit < size:  # MAX's size limit answers this
                 await self.app(scope, _replay(chunks, None, receive, more), send)
                 return
-        error = check_request(scope["path"], b"".join(chunks), _served(scope))
-        if error is None:
-            await self.app(scope, _replay(chunks, None, receive), send)
+        checked = check_request(scope["path"], b"".join(chunks), _served(scope))
+        if isinstance(checked, RequestError):
+            await _send_error(send, checked)
             return
-        body = error.body()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": error.status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        stop = checked.get("stop")
+        stops = [stop] if isinstance(stop, str) else stop
+        if isinstance(stops, list) and stops and all(isinstance(s, str) for s in stops):
+            chat = scope["path"] == CHAT_COMPLETIONS
+            send = _stop_enforcing_send(
+                send, StopStrings(stops), chat, bool(checked.get("stream"))
+            )
+        await self.app(scope, _replay(chunks, None, receive), send)
+
+
+def _stop_enforcing_send(
+    send: Any, stops: StopStrings, chat: bool, streaming: bool
+) -> Any:
+    start: dict[str, Any] | None = None
+    body = bytearray()
+
+    async def send_cut(message: dict[str, Any]) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            if streaming or message["status"] != 200:
+                await send(message)
+            return
+        if (
+            message["type"] != "http.response.body"
+            or start is None
+            or start["status"] != 200
+        ):
+            await send(message)
+            return
+        body.extend(message.get("body", b""))
+        more = message.get("more_body", False)
+        if not streaming:
+            if more:
+                return
+            cut = _cut_response(bytes(body), stops, chat)
+            headers = [
+                (k, v) for k, v in start["headers"] if k.lower() != b"content-length"
+            ]
+            headers.append((b"content-length", str(len(cut)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": cut})
+            return
+        events = bytes(body).split(b"\n\n")
+        body[:] = b"" if not more else events.pop()
+        out = [
+            e
+            for e in (_cut_event(e, stops, chat) for e in events if e.strip())
+            if e is not None
+        ]
+        payload = b"".join(e + b"\n\n" for e in out)
+        if payload or not more:
+            await send(
+                {"type": "http.response.body", "body": payload, "more_body": more}
+            )
+
+    return send_cut
+
+
+async def _send_error(send: Any, error: RequestError) -> None:
+    body = error.body()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _served(scope: dict[str, Any]) -> list[str]:
@@ -242,11 +407,12 @@ def _replay(
     return replay
 
 
-def install_request_checks() -> None:
-    """Adds `OpenAIRequestChecks` to the app `max serve` is about to build.
+def install_into_max_serve() -> None:
+    """Hooks into `max serve`, when MAX imports this package there.
 
     MAX imports `--custom-architectures` packages in `max serve`'s launcher
-    before it builds the FastAPI app; anywhere else this does nothing.
+    before it builds the FastAPI app; anywhere else this does nothing. Adds
+    `OpenAIRequestChecks` to the app and reports load errors in one line.
     """
     launcher = sys.modules.get(_LAUNCHER)
     factory = getattr(launcher, "fastapi_app", None)
@@ -261,3 +427,29 @@ def install_request_checks() -> None:
 
     fastapi_app.gpt2_request_checks = True  # type: ignore[attr-defined]
     launcher.fastapi_app = fastapi_app  # type: ignore[union-attr]
+    sys.excepthook = functools.partial(_one_line_load_errors, sys.excepthook)
+
+
+def _one_line_load_errors(
+    default: Callable[..., Any],
+    kind: type[BaseException],
+    error: BaseException,
+    tb: TracebackType | None,
+) -> None:
+    """Why `max serve` could not start, in one line instead of a traceback.
+
+    Only start-up failures reach this hook: once serving, MAX answers a
+    failed request itself. `GPT2_MAX_TRACEBACK=1` shows the traceback.
+    """
+    if os.environ.get("GPT2_MAX_TRACEBACK") or not isinstance(error, Exception):
+        default(kind, error, tb)
+        return
+    cause = (
+        str(error)
+        if isinstance(error, CheckpointError)
+        else f"{kind.__name__}: {error}"
+    )
+    print(
+        f"error: {cause}\n(GPT2_MAX_TRACEBACK=1 shows the traceback)",
+        file=sys.stderr,
+    )

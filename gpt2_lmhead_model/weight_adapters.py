@@ -29,7 +29,12 @@ from max.pipelines.lib.config.model_config import _select_quantization_encoding
 from max.pipelines.modeling.config_enums import supported_encoding_dtype
 from transformers import AutoConfig
 
-from .model_config import GPT2Config, hyperparameters, validate_hf_config
+from .model_config import (
+    CheckpointError,
+    GPT2Config,
+    hyperparameters,
+    validate_hf_config,
+)
 
 # Conv1D modules: stored [in, out], the graph's Linear wants [out, in].
 CONV1D_WEIGHTS = re.compile(
@@ -42,7 +47,7 @@ Action = Literal["copied", "transposed", "dropped", "tied"]
 Dims = tuple[int, ...]
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(CheckpointError):
     """The checkpoint's tensors do not match its config.json."""
 
 

@@ -1,0 +1,137 @@
+"""Start and stop a real `max serve` on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+SERVE_ENV = {
+    "MAX_SERVE_DISABLE_TELEMETRY": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MaxServe:
+    """`max serve` in its own process group, so nothing outlives `stop()`."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        extra_args: Sequence[str] = (),
+        *,
+        log_path: str | Path | None = None,
+        custom_architectures: str = "gpt2_lmhead_model",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model = str(model_path)
+        arch = ["--custom-architectures", custom_architectures]
+        self.args = [
+            "max", "serve",
+            "--model-path", self.model,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            *(arch if custom_architectures else []),
+            *extra_args,
+        ]  # fmt: skip
+        self.log_path = Path(log_path) if log_path else None
+        self.env = {**os.environ, **SERVE_ENV, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.startup_seconds: float | None = None
+
+    def start(self, timeout: float = 1800.0) -> MaxServe:
+        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            self.args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"max serve exited with {self.process.returncode} before "
+                    f"it was ready{self._log_tail()}"
+                )
+            if self.healthy():
+                self.startup_seconds = time.monotonic() - started
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(
+            f"max serve not ready after {timeout:.0f}s{self._log_tail()}"
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGINT (a clean shutdown), then SIGKILL for whatever is left."""
+        if self.process is None:
+            return
+        pgid = self.process.pid
+        for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and group_alive(pgid):
+                self.process.poll()
+                time.sleep(0.2)
+            if not group_alive(pgid):
+                break
+        self.process.wait(timeout=10)
+
+    def _log_tail(self, lines: int = 30) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n" + "\n".join(tail)
+
+    def __enter__(self) -> MaxServe:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still running (not a zombie)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z":
+            return True
+    return False

@@ -1,0 +1,374 @@
+"""`max serve` end to end: the OpenAI API over our architecture.
+
+One server for the module (DistilGPT2-shaped fixture), driven with the
+official `openai` client and raw HTTP; every answer is checked against
+`transformers`' greedy continuation of the same token ids.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import openai
+import pytest
+import requests
+import torch
+from transformers import GPT2LMHeadModel
+
+from gpt2_lmhead_model.tokenizer import DEFAULT_CHAT_TEMPLATE
+from gpt2_max.server import MaxServe, group_alive
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "Hello world",
+    "The harbour was quiet in the early morning, and the fishing boats rocked",
+    "An old man sat on an upturned crate, mending a net with quick, practised "
+    "fingers, and told anyone who would listen about the winter storm of his "
+    "childhood, when the sea came over the wall and into the square.",
+]
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "max-serve.log"
+    srv = MaxServe(checkpoints["distilgpt2"], ["--devices", "cpu"], log_path=log)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def hf_model(checkpoints):
+    return GPT2LMHeadModel.from_pretrained(
+        checkpoints["distilgpt2"], dtype=torch.float32
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def greedy(hf_model, tokenizer):
+    """transformers' greedy continuation: (text, new token count, stopped at EOS)."""
+
+    def run(ids: list[int], max_tokens: int) -> tuple[str, int, bool]:
+        with torch.inference_mode():
+            out = hf_model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=50256,
+                eos_token_id=50256,
+            )
+        new = out[0, len(ids) :].tolist()
+        eos = bool(new) and new[-1] == 50256
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        return text, len(new), eos
+
+    return run
+
+
+def chat_prompt(tokenizer, messages) -> list[int]:
+    text = tokenizer.apply_chat_template(
+        messages,
+        chat_template=DEFAULT_CHAT_TEMPLATE,
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    return tokenizer(text).input_ids
+
+
+def complete(client, server, prompt, max_tokens, **kwargs):
+    return client.completions.create(
+        model=server.model,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=0,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_completion_equals_transformers_greedy(
+    client, server, tokenizer, greedy, prompt
+):
+    ids = tokenizer(prompt).input_ids
+    expected, n_new, _ = greedy(ids, 20)
+    result = complete(client, server, prompt, 20)
+    choice = result.choices[0]
+    assert choice.text == expected
+    assert choice.finish_reason == "length"
+    assert result.usage.prompt_tokens == len(ids)
+    assert result.usage.completion_tokens == n_new == 20
+    assert result.usage.total_tokens == len(ids) + 20
+
+
+def test_completion_from_token_ids(client, server, tokenizer, greedy):
+    ids = tokenizer(PROMPTS[1]).input_ids
+    expected, _, _ = greedy(ids, 12)
+    assert complete(client, server, ids, 12).choices[0].text == expected
+
+
+def test_chat_uses_default_template(client, server, tokenizer, greedy):
+    messages = [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "What is the tide doing?"},
+    ]
+    ids = chat_prompt(tokenizer, messages)
+    assert tokenizer.decode(ids).endswith("User: What is the tide doing?\nAssistant:")
+    expected, n_new, _ = greedy(ids, 16)
+    result = client.chat.completions.create(
+        model=server.model, messages=messages, max_tokens=16, temperature=0
+    )
+    assert result.choices[0].message.content == expected
+    assert result.choices[0].finish_reason == "length"
+    assert result.usage.prompt_tokens == len(ids)
+    assert result.usage.completion_tokens == n_new
+
+
+def test_streaming_equals_non_streaming(client, server):
+    for prompt in PROMPTS:
+        whole = complete(client, server, prompt, 16)
+        chunks = list(complete(client, server, prompt, 16, stream=True))
+        assert (
+            "".join(c.choices[0].text for c in chunks if c.choices)
+            == whole.choices[0].text
+        )
+        assert chunks[-1].choices[0].finish_reason == "length"
+
+    messages = [{"role": "user", "content": PROMPTS[1]}]
+    whole = client.chat.completions.create(
+        model=server.model, messages=messages, max_tokens=16, temperature=0
+    )
+    stream = client.chat.completions.create(
+        model=server.model,
+        messages=messages,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_concurrent_requests_equal_their_results_alone(client, server, tokenizer):
+    words = (PROMPTS[2] + " " + PROMPTS[1]).split()
+    jobs = [(" ".join(words[: 3 + 2 * i]), 8 + (i % 5) * 4) for i in range(16)]
+    alone = [complete(client, server, p, n).choices[0].text for p, n in jobs]
+
+    together: list[str | None] = [None] * len(jobs)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(jobs))
+
+    def send(i: int) -> None:
+        try:
+            barrier.wait()
+            together[i] = complete(client, server, *jobs[i]).choices[0].text
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors
+    assert together == alone
+
+
+def test_stop_string_ends_generation(client, server, greedy, tokenizer):
+    ids = tokenizer(PROMPTS[1]).input_ids
+    full, _, _ = greedy(ids, 12)
+    stop = full.split()[2]  # a word the model will produce
+    result = complete(client, server, PROMPTS[1], 12, stop=[stop])
+    choice = result.choices[0]
+    assert choice.finish_reason == "stop"
+    assert full.startswith(choice.text)
+    assert stop not in choice.text
+    assert result.usage.completion_tokens < 12
+
+
+def test_stop_strings_stream_like_non_streaming(client, server, greedy, tokenizer):
+    ids = tokenizer(PROMPTS[2]).input_ids
+    full, _, _ = greedy(ids, 16)
+    stops = [full.split()[3], "zzz"]
+    whole = complete(client, server, PROMPTS[2], 16, stop=stops).choices[0]
+    chunks = list(complete(client, server, PROMPTS[2], 16, stop=stops, stream=True))
+    streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert streamed == whole.text == full[: full.index(stops[0])]
+    assert whole.finish_reason == chunks[-1].choices[0].finish_reason == "stop"
+
+    messages = [{"role": "user", "content": PROMPTS[2]}]
+    chat_ids = chat_prompt(tokenizer, messages)
+    full, _, _ = greedy(chat_ids, 16)
+    stop = full.split()[2]
+    whole = client.chat.completions.create(
+        model=server.model, messages=messages, max_tokens=16, temperature=0, stop=stop
+    ).choices[0]
+    stream = client.chat.completions.create(
+        model=server.model,
+        messages=messages,
+        max_tokens=16,
+        temperature=0,
+        stop=stop,
+        stream=True,
+    )
+    chunks = [c for c in stream if c.choices]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == whole.message.content == full[: full.index(stop)]
+    assert whole.finish_reason == chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_prompt_longer_than_the_window_is_refused(server, tokenizer):
+    ids = tokenizer(PROMPTS[2] * 40).input_ids[:1100]
+    r = requests.post(
+        f"{server.url}/v1/completions",
+        json={"model": server.model, "prompt": ids, "max_tokens": 4},
+        timeout=60,
+    )
+    assert r.status_code == 400
+    assert "1100 tokens exceeds" in r.json()["error"]["message"]
+    assert "1024" in r.json()["error"]["message"]
+
+
+def test_generation_stops_at_the_window(client, server, tokenizer, greedy):
+    ids = tokenizer(PROMPTS[2] * 40).input_ids[:1010]
+    result = complete(client, server, ids, 100)
+    assert result.choices[0].finish_reason == "length"
+    assert result.usage.completion_tokens == 1024 - 1010
+    expected, _, _ = greedy(ids, 1024 - 1010)
+    assert result.choices[0].text == expected
+
+
+BAD_REQUESTS = [
+    # (name, path, raw body, expected status, words the message must contain)
+    ("malformed JSON", "completions", b'{"prompt": "hi", ', 400, ["not valid JSON"]),
+    (
+        "not UTF-8",
+        "completions",
+        b'{"prompt": "\xff\xfe", "max_tokens": 2}',
+        400,
+        ["UTF-8"],
+    ),
+    ("empty body", "completions", b"", 400, ["empty"]),
+    (
+        "empty prompt",
+        "completions",
+        {"prompt": "", "max_tokens": 2},
+        400,
+        ["prompt", "empty"],
+    ),
+    (
+        "empty messages",
+        "chat/completions",
+        {"messages": [], "max_tokens": 2},
+        400,
+        ["messages", "empty"],
+    ),
+    (
+        "zero max_tokens",
+        "completions",
+        {"prompt": "hi", "max_tokens": 0},
+        400,
+        ["max_tokens", "0"],
+    ),
+    (
+        "negative max_tokens",
+        "completions",
+        {"prompt": "hi", "max_tokens": -3},
+        400,
+        ["max_tokens", "-3"],
+    ),
+    (
+        "temperature too high",
+        "completions",
+        {"prompt": "hi", "temperature": 2.5},
+        400,
+        ["temperature", "2.5"],
+    ),
+    (
+        "negative temperature",
+        "chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}], "temperature": -1},
+        400,
+        ["temperature"],
+    ),
+    (
+        "top_p above 1",
+        "completions",
+        {"prompt": "hi", "top_p": 1.5},
+        400,
+        ["top_p", "1.5"],
+    ),
+    ("NaN top_p", "completions", b'{"prompt": "hi", "top_p": NaN}', 400, ["NaN"]),
+    (
+        "unknown model",
+        "completions",
+        {"model": "gpt-4o", "prompt": "hi"},
+        404,
+        ["gpt-4o"],
+    ),
+    (
+        "token id out of vocabulary",
+        "completions",
+        {"prompt": [15496, 60000], "max_tokens": 2},
+        400,
+        ["60000"],
+    ),
+    ("n > 1", "completions", {"prompt": "hi", "n": 3}, 400, ["n=3"]),
+    ("seed 0", "completions", {"prompt": "hi", "seed": 0}, 400, ["seed"]),
+    (
+        "wrong type",
+        "completions",
+        {"prompt": "hi", "max_tokens": "ten"},
+        400,
+        ["max_tokens"],
+    ),
+    (
+        "unknown field",
+        "completions",
+        {"prompt": "hi", "frobnicate": 1},
+        400,
+        ["frobnicate"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_bad_request_is_refused_and_server_keeps_serving(
+    client, server, tokenizer, greedy, path, body, status, words
+):
+    if isinstance(body, dict):
+        body = json.dumps({"model": server.model, **body}).encode()
+    r = requests.post(
+        f"{server.url}/v1/{path}",
+        data=body,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code == status, r.text
+    message = r.json()["error"]["message"]
+    for word in words:
+        assert word in message, message
+
+    expected, _, _ = greedy(tokenizer(PROMPTS[0]).input_ids, 6)
+    assert complete(client, server, PROMPTS[0], 6).choices[0].text == expected
+
+
+def test_shutdown_leaves_no_processes(server):
+    assert server.healthy()
+    pgid = server.process.pid
+    server.stop()
+    assert server.process.returncode is not None
+    assert not group_alive(pgid)
