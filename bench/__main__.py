@@ -1,0 +1,227 @@
+"""One command, one machine, one run: ours vs peers vs the machine's ceilings.
+
+    python -m bench                 # DistilGPT2 shape, 1/4/16/32 streams x 128 tokens
+    python -m bench --quick         # the smoke run the test suite uses
+
+Writes results.json, table.md and throughput.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gpt2_max.checkpoints import PRESETS, write_checkpoint
+from gpt2_max.server import MaxServe
+
+from . import ceilings, peers, report
+from .load import LevelResult, run_level
+
+TEXT = (
+    "The harbour was quiet in the early morning, and the fishing boats rocked "
+    "gently against the pier while gulls argued over scraps. An old man sat on "
+    "an upturned crate, mending a net with quick, practised fingers. "
+)
+
+
+def machine_info() -> dict[str, Any]:
+    flags: list[str] = []
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    simd = [f for f in flags if f.startswith(("avx", "fma", "amx", "sse4", "f16c"))]
+    return {"cores": os.cpu_count(), "cpu": model, "simd_flags": sorted(simd)}
+
+
+def prompts(tokenizer: Any, count: int, length: int) -> list[list[int]]:
+    """`count` distinct prompts of exactly `length` tokens (no shared prefix)."""
+    ids = tokenizer(TEXT * (2 + (count + length) // 40)).input_ids
+    return [ids[i + 1 : i + 1 + length] for i in range(count)]
+
+
+def level_summary(level: LevelResult) -> dict[str, Any]:
+    gaps = sorted(g for s in level.streams for g in s.inter_token)
+    pct = (
+        statistics.quantiles(gaps, n=100)
+        if len(gaps) > 1
+        else [gaps[0]] * 99
+        if gaps
+        else [0.0] * 99
+    )
+    return {
+        "concurrency": level.concurrency,
+        "tokens_per_second": level.tokens_per_second,
+        "output_tokens": level.output_tokens,
+        "wall_seconds": level.wall_seconds,
+        "itl_p50_ms": pct[49] * 1000,
+        "itl_p99_ms": pct[98] * 1000,
+    }
+
+
+def serve_and_measure(
+    name: str,
+    checkpoint: Path,
+    args: list[str],
+    custom_architectures: str,
+    out: Path,
+    tokenizer: Any,
+    levels: list[int],
+    max_tokens: int,
+    ttft_lengths: list[int],
+    cold: bool,
+) -> dict[str, Any]:
+    startup: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix=f"{name}-cache-") as cache:
+        env = {"XDG_CACHE_HOME": cache} if cold else {}
+        if cold:
+            print(f"[{name}] cold start (empty compile cache)", flush=True)
+            with MaxServe(
+                checkpoint,
+                args,
+                log_path=out / f"{name}-cold.log",
+                custom_architectures=custom_architectures,
+                env=env,
+            ) as srv:
+                startup["cold"] = srv.startup_seconds or 0.0
+        print(f"[{name}] warm start", flush=True)
+        with MaxServe(
+            checkpoint,
+            args,
+            log_path=out / f"{name}.log",
+            custom_architectures=custom_architectures,
+            env=env,
+        ) as srv:
+            startup["warm"] = srv.startup_seconds or 0.0
+            run_level(srv.url, srv.model, prompts(tokenizer, 2, 16), 4)  # warm-up
+            results = []
+            for n in levels:
+                level = run_level(
+                    srv.url, srv.model, prompts(tokenizer, n, 32), max_tokens
+                )
+                results.append(level_summary(level))
+                tps = results[-1]["tokens_per_second"]
+                print(f"[{name}] {n} streams: {tps:.1f} tok/s", flush=True)
+            ttft = {}
+            for length in ttft_lengths:
+                times = [
+                    run_level(srv.url, srv.model, [p], 2).streams[0].ttft
+                    for p in prompts(tokenizer, 5, length)
+                ]
+                ttft[str(length)] = statistics.median(times)
+    return {
+        "levels": results,
+        "ttft_seconds": ttft,
+        "startup_seconds": startup,
+        "args": args,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny config, few tokens: a smoke run"
+    )
+    parser.add_argument(
+        "--no-cold", action="store_true", help="skip cold-compile start times"
+    )
+    opts = parser.parse_args()
+
+    os.environ.setdefault("MAX_SERVE_DISABLE_TELEMETRY", "1")
+    from transformers import GPT2Tokenizer
+
+    from gpt2_max.checkpoints import TOKENIZER_DIR
+
+    preset = "variant" if opts.quick else "distilgpt2"
+    levels = [1, 2] if opts.quick else [1, 4, 16, 32]
+    max_tokens = 4 if opts.quick else 128
+    ttft_lengths = [8] if opts.quick else [32, 512]
+    hf_batches = [1, 2] if opts.quick else [1, 4, 16, 32]
+    cold = not (opts.quick or opts.no_cold)
+    out: Path = opts.out
+    out.mkdir(parents=True, exist_ok=True)
+    threads = os.cpu_count() or 1
+    tokenizer = GPT2Tokenizer.from_pretrained(TOKENIZER_DIR)
+
+    checkpoints = out / "checkpoints"
+    gpt2 = checkpoints / preset
+    if not (gpt2 / "config.json").exists():
+        write_checkpoint(gpt2, preset)
+    llama = peers.write_llama_checkpoint(checkpoints / f"llama-like-{preset}", preset)
+
+    print("[machine] bandwidth and GEMM", flush=True)
+    machine = {
+        **machine_info(),
+        **ceilings.measure(
+            threads, 128 if opts.quick else 1024, 512 if opts.quick else 2048
+        ),
+    }
+    costs = ceilings.model_costs(PRESETS[preset], context=32 + max_tokens // 2)
+    results: dict[str, Any] = {
+        "model": f"{preset}-shaped GPT-2 (random weights)",
+        "machine": machine,
+        "costs": costs,
+        "ceilings": ceilings.ceilings(machine, costs),
+        "weight_bytes": {
+            "gpt2": peers.parameter_bytes(gpt2),
+            "llama": peers.parameter_bytes(llama),
+        },
+        "workload": {
+            "prompt_tokens": 32,
+            "output_tokens": max_tokens,
+            "levels": levels,
+        },
+    }
+    common = ["--devices", "cpu", "--quantization-encoding", "float32"]
+    results["ours"] = serve_and_measure(
+        "ours",
+        gpt2,
+        common,
+        "gpt2_lmhead_model",
+        out,
+        tokenizer,
+        levels,
+        max_tokens,
+        ttft_lengths,
+        cold,
+    )
+    batch = max(levels)
+    results["llama"] = serve_and_measure(
+        "llama",
+        llama,
+        [*common, "--max-batch-size", str(batch)],
+        "",
+        out,
+        tokenizer,
+        levels,
+        max_tokens,
+        ttft_lengths,
+        cold,
+    )
+    hf: dict[str, Any] = {}
+    for b in hf_batches:
+        print(f"[transformers] batch {b}", flush=True)
+        hf[str(b)] = peers.transformers_throughput(
+            gpt2, prompts(tokenizer, b, 32), max_tokens, threads
+        )
+    results["transformers"] = hf
+    print(report.write(results, out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The benchmark's smoke run: every stage runs and reports, no timings judged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmark_runs_every_stage(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=2400,
+        env={**os.environ, "MAX_SERVE_DISABLE_TELEMETRY": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    for side in ("ours", "llama"):
+        levels = results[side]["levels"]
+        assert [lv["concurrency"] for lv in levels] == [1, 2]
+        for level in levels:
+            # Every stream got all its tokens (EOS ignored).
+            assert level["output_tokens"] == 4 * level["concurrency"]
+            assert level["tokens_per_second"] > 0
+        assert results[side]["ttft_seconds"]["8"] > 0
+        assert results[side]["startup_seconds"]["warm"] > 0
+    assert set(results["transformers"]) == {"1", "2"}
+    assert results["ceilings"]["one_stream_tokens_per_second"] > 0
+    assert results["weight_bytes"]["gpt2"] > 0
+    assert "| 1 |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
