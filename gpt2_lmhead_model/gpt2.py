@@ -17,7 +17,7 @@ from typing import Any
 
 from max import tree
 from max.dtype import DType
-from max.graph import DeviceRef, Dim, Graph, TensorValue, Type, Value, ops
+from max.graph import DeviceRef, Dim, Graph, TensorValue, Type, Value, Weight, ops
 from max.graph import Module as GraphModule
 from max.nn.attention.mask_config import MHAMaskVariant
 from max.nn.embedding import Embedding
@@ -177,6 +177,23 @@ class GPT2Block(Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class LMHead(Module):
+    """The LM head stored `[n_embd, vocab]`, computing `x @ W` (see
+    `GPT2Config.lm_head_in_out`)."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.weight = Weight(
+            "weight",
+            config.dtype,
+            (config.n_embd, config.vocab_size),
+            device=config.devices[0],
+        )
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        return x @ self.weight.to(x.device)
+
+
 class GPT2(Module):
     """GPT2LMHeadModel: embeddings, `n_layer` blocks, final norm, LM head."""
 
@@ -193,9 +210,15 @@ class GPT2(Module):
         self.ln_f = LayerNorm(
             config.n_embd, config.devices, config.dtype, eps=config.layer_norm_epsilon
         )
-        self.lm_head = Linear(config.n_embd, config.vocab_size, config.dtype, device)
-        if config.tie_word_embeddings:
-            self.lm_head.set_shared_weight("weight", self.wte.weight)
+        self.lm_head: LMHead | Linear
+        if config.lm_head_in_out:
+            self.lm_head = LMHead(config)
+        else:
+            self.lm_head = Linear(
+                config.n_embd, config.vocab_size, config.dtype, device
+            )
+            if config.tie_word_embeddings:
+                self.lm_head.set_shared_weight("weight", self.wte.weight)
 
     def __call__(
         self,

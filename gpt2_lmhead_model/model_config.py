@@ -119,6 +119,10 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
     dtype: DType
     devices: list[DeviceRef]
     kv_params: KVCacheParams
+    lm_head_in_out: bool = False
+    """Store the LM head `[n_embd, vocab]` and compute `x @ W`: on MAX's CPU
+    kernels that GEMV reads the 50257-wide head ~25% faster than the
+    `[vocab, n_embd]` layout a `Linear` uses (docs/BENCHMARKS.md)."""
     return_logits: ReturnLogits = ReturnLogits.LAST_TOKEN
 
     @property
@@ -217,7 +221,17 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
             dtype=supported_encoding_dtype(encoding),
             devices=devices,
             kv_params=kv_params,
+            lm_head_in_out=lm_head_in_out(devices),
         )
+
+
+def lm_head_in_out(devices: list[DeviceRef]) -> bool:
+    """Whether the LM head is stored `[n_embd, vocab]`: on CPUs only.
+
+    GPUs keep MAX's standard `[vocab, n_embd]` layout (and a tied head then
+    shares the token embedding instead of holding a transposed copy).
+    """
+    return all(device.is_cpu() for device in devices)
 
 
 def hyperparameters(hf_config: AutoConfig) -> dict[str, Any]:

@@ -37,9 +37,13 @@ class GPT2Tokenizer(TextTokenizer):
         super().__init__(model_path, pipeline_config, **kwargs)
         hf_config = pipeline_config.model.huggingface_config
         self._model_vocab_size = int(hf_config.vocab_size) if hf_config else 0
-        # Precedence: --chat-template, then the checkpoint's, then ours.
+        # Precedence: --chat-template, then the checkpoint's, then ours. Ours
+        # goes where MAX keeps a --chat-template, not on the HF tokenizer:
+        # `max generate` reads a template there as "chat model" and would
+        # then wrap a plain completion prompt in it.
         if self._chat_template is None and not self.delegate.chat_template:
-            self.delegate.chat_template = DEFAULT_CHAT_TEMPLATE
+            self._chat_template = DEFAULT_CHAT_TEMPLATE
+            self._custom_template_provided = True
 
     @property
     def tokenizer_vocab_size(self) -> int:

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 from max.driver import Buffer
 from max.dtype import DType
-from max.graph import Shape
+from max.graph import DeviceRef, Shape
 from max.graph.weights import WeightData, Weights
 from max.pipelines.lib import PipelineConfig
 from max.pipelines.lib.config.model_config import _select_quantization_encoding
@@ -33,6 +33,7 @@ from .model_config import (
     CheckpointError,
     GPT2Config,
     hyperparameters,
+    lm_head_in_out,
     validate_hf_config,
 )
 
@@ -63,12 +64,13 @@ class MappedTensor:
     note: str = ""
 
 
-def graph_weight_shapes(hf_config: AutoConfig) -> dict[str, Dims]:
-    """Every weight the graph binds, in MAX's `[out, in]` layout."""
+def checkpoint_shapes(hf_config: AutoConfig) -> dict[str, Dims]:
+    """Every parameter a GPT2LMHeadModel checkpoint stores, as GPT-2 stores
+    it (Conv1D weights `[in, out]`; `lm_head.weight` only when untied)."""
     hp = hyperparameters(hf_config)
-    e, inner = hp["n_embd"], hp["n_inner"]
+    e, inner, vocab = hp["n_embd"], hp["n_inner"], hp["vocab_size"]
     shapes: dict[str, Dims] = {
-        "wte.weight": (hp["vocab_size"], e),
+        "wte.weight": (vocab, e),
         "wpe.weight": (hp["n_positions"], e),
     }
     for i in range(hp["n_layer"]):
@@ -76,35 +78,56 @@ def graph_weight_shapes(hf_config: AutoConfig) -> dict[str, Dims]:
         shapes |= {
             p + "ln_1.weight": (e,),
             p + "ln_1.bias": (e,),
-            p + "attn.c_attn.weight": (3 * e, e),
+            p + "attn.c_attn.weight": (e, 3 * e),
             p + "attn.c_attn.bias": (3 * e,),
             p + "attn.c_proj.weight": (e, e),
             p + "attn.c_proj.bias": (e,),
             p + "ln_2.weight": (e,),
             p + "ln_2.bias": (e,),
-            p + "mlp.c_fc.weight": (inner, e),
+            p + "mlp.c_fc.weight": (e, inner),
             p + "mlp.c_fc.bias": (inner,),
-            p + "mlp.c_proj.weight": (e, inner),
+            p + "mlp.c_proj.weight": (inner, e),
             p + "mlp.c_proj.bias": (e,),
         }
     shapes |= {"ln_f.weight": (e,), "ln_f.bias": (e,)}
     if not hp["tie_word_embeddings"]:
-        shapes["lm_head.weight"] = (hp["vocab_size"], e)
+        shapes["lm_head.weight"] = (vocab, e)
+    return shapes
+
+
+def _transposed_in_graph(name: str, lm_head_in_out: bool) -> bool:
+    return bool(CONV1D_WEIGHTS.match(name)) or (
+        lm_head_in_out and name == "lm_head.weight"
+    )
+
+
+def graph_weight_shapes(
+    hf_config: AutoConfig, lm_head_in_out: bool = False
+) -> dict[str, Dims]:
+    """Every weight the graph binds (`Linear`s are `[out, in]`)."""
+    shapes = {
+        name: shape[::-1] if _transposed_in_graph(name, lm_head_in_out) else shape
+        for name, shape in checkpoint_shapes(hf_config).items()
+    }
+    if lm_head_in_out and "lm_head.weight" not in shapes:
+        shapes["lm_head.weight"] = shapes["wte.weight"][::-1]
     return shapes
 
 
 def plan_weights(
-    checkpoint_shapes: Mapping[str, Dims], hf_config: AutoConfig
+    stored: Mapping[str, Dims],
+    hf_config: AutoConfig,
+    lm_head_in_out: bool = False,
 ) -> list[MappedTensor]:
     """Maps checkpoint tensors to graph weights, or raises naming every problem."""
     validate_hf_config(hf_config)
-    expected = graph_weight_shapes(hf_config)
+    expected = checkpoint_shapes(hf_config)
     tied = "lm_head.weight" not in expected
     plan: list[MappedTensor] = []
     problems: list[str] = []
     seen: dict[str, str] = {}
 
-    for source, raw_shape in checkpoint_shapes.items():
+    for source, raw_shape in stored.items():
         shape = tuple(int(d) for d in raw_shape)
         name = source.removeprefix("transformer.")
         if MASK_BUFFERS.match(name):
@@ -113,16 +136,8 @@ def plan_weights(
             )
             continue
         if name == "lm_head.weight" and tied:
-            plan.append(
-                MappedTensor(
-                    source,
-                    shape,
-                    None,
-                    None,
-                    "dropped",
-                    "tie_word_embeddings: the head is wte.weight",
-                )
-            )
+            note = "tie_word_embeddings: the head is wte.weight"
+            plan.append(MappedTensor(source, shape, None, None, "dropped", note))
             continue
         if name not in expected:
             problems.append(f"unexpected tensor {source} {list(shape)}")
@@ -131,21 +146,17 @@ def plan_weights(
             problems.append(f"tensor {name} stored twice ({seen[name]} and {source})")
             continue
         seen[name] = source
-        want = expected[name]
-        transposed = bool(CONV1D_WEIGHTS.match(name))
-        stored_want = want[::-1] if transposed else want
-        if shape != stored_want:
-            layout = " (Conv1D, stored [in, out])" if transposed else ""
+        if shape != expected[name]:
+            layout = " (Conv1D, stored [in, out])" if CONV1D_WEIGHTS.match(name) else ""
             problems.append(
                 f"tensor {source} has shape {list(shape)}, expected "
-                f"{list(stored_want)}{layout}"
+                f"{list(expected[name])}{layout}"
             )
             continue
-        plan.append(
-            MappedTensor(
-                source, shape, name, want, "transposed" if transposed else "copied"
-            )
-        )
+        if _transposed_in_graph(name, lm_head_in_out):
+            plan.append(MappedTensor(source, shape, name, shape[::-1], "transposed"))
+        else:
+            plan.append(MappedTensor(source, shape, name, shape, "copied"))
 
     for name, want in expected.items():
         if name not in seen:
@@ -158,14 +169,13 @@ def plan_weights(
         )
     if tied:
         wte = next(m for m in plan if m.target == "wte.weight")
+        if lm_head_in_out:
+            head = (wte.source_shape[::-1], "a transposed copy of wte.weight")
+        else:
+            head = (wte.source_shape, "shares wte.weight")
         plan.append(
             MappedTensor(
-                wte.source,
-                wte.source_shape,
-                "lm_head.weight",
-                wte.target_shape,
-                "tied",
-                "shares wte.weight",
+                wte.source, wte.source_shape, "lm_head.weight", head[0], "tied", head[1]
             )
         )
     return plan
@@ -178,26 +188,32 @@ def convert_safetensor_state_dict(
     **unused_kwargs: object,
 ) -> dict[str, WeightData]:
     """The registered safetensors adapter: renamed, transposed, cast."""
-    encoding = _select_quantization_encoding(
-        pipeline_config.model, GPT2Config.DEFAULT_ENCODING
-    )
+    model = pipeline_config.model
+    encoding = _select_quantization_encoding(model, GPT2Config.DEFAULT_ENCODING)
+    devices = [DeviceRef(spec.device_type, spec.id) for spec in model.device_specs]
     return adapt_weights(
         {name: weight.data() for name, weight in state_dict.items()},
         huggingface_config,
         supported_encoding_dtype(encoding),
+        lm_head_in_out(devices),
     )
 
 
 def adapt_weights(
-    tensors: Mapping[str, WeightData], hf_config: AutoConfig, dtype: DType
+    tensors: Mapping[str, WeightData],
+    hf_config: AutoConfig,
+    dtype: DType,
+    lm_head_in_out: bool = False,
 ) -> dict[str, WeightData]:
-    """Applies `plan_weights` to loaded tensors; the tied head is left to the graph."""
-    plan = plan_weights(
-        {k: tuple(int(d) for d in v.shape) for k, v in tensors.items()}, hf_config
-    )
+    """Applies `plan_weights` to loaded tensors.
+
+    A tied head sharing `wte` is bound by the graph, not listed here.
+    """
+    shapes = {k: tuple(int(d) for d in v.shape) for k, v in tensors.items()}
+    plan = plan_weights(shapes, hf_config, lm_head_in_out)
     out: dict[str, WeightData] = {}
     for item in plan:
-        if item.action not in ("copied", "transposed") or item.target is None:
+        if item.target is None or (item.action == "tied" and not lm_head_in_out):
             continue
         data = tensors[item.source]
         if not data.dtype.is_float():
@@ -205,7 +221,7 @@ def adapt_weights(
                 f"tensor {item.source} has dtype {data.dtype}, expected a "
                 "floating-point type"
             )
-        if item.action == "transposed":
+        if item.action in ("transposed", "tied"):
             data = _transpose(data, item.target)
         else:
             data = WeightData(data.data, item.target, data.dtype, data.shape)

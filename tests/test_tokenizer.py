@@ -52,6 +52,9 @@ def distil(checkpoints):
 
 def test_default_chat_template_when_the_checkpoint_has_none(distil):
     assert chat(distil) == "System: Be brief.\nUser: Hi there\nAssistant:"
+    # Still a completion model to `max generate`, which wraps --prompt in
+    # the HF tokenizer's template when it has one.
+    assert not distil.delegate.chat_template
 
 
 def test_chat_template_flag_overrides_the_default(checkpoints, tmp_path):

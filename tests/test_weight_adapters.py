@@ -198,3 +198,23 @@ def test_cast_to_bfloat16_keeps_values(tied):
     key = "h.0.mlp.c_fc.weight"
     back = np.from_dlpack(out[key].astype(DType.float32).to_buffer())
     np.testing.assert_allclose(back, state[key].T, rtol=1e-2)
+
+
+def test_cpu_head_layout_is_the_transposed_head(tied, untied):
+    # Tied: a [n_embd, vocab] copy of wte; untied: the head, transposed.
+    state = hf_state(tied)
+    out = adapt_weights(as_weights(state), tied, DType.float32, lm_head_in_out=True)
+    np.testing.assert_array_equal(
+        np.from_dlpack(out["lm_head.weight"].data), state["wte.weight"].T
+    )
+    np.testing.assert_array_equal(
+        np.from_dlpack(out["wte.weight"].data), state["wte.weight"]
+    )
+    assert out.keys() == graph_weight_shapes(tied, lm_head_in_out=True).keys()
+
+    state = hf_state(untied, lm_head=True)
+    out = adapt_weights(as_weights(state), untied, DType.float32, lm_head_in_out=True)
+    np.testing.assert_array_equal(
+        np.from_dlpack(out["lm_head.weight"].data), state["lm_head.weight"].T
+    )
+    assert tuple(out["lm_head.weight"].shape) == (6, 11)
