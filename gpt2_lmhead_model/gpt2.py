@@ -230,7 +230,7 @@ class GPT2(Module):
         positions = token_positions(
             input_row_offsets, kv_collection.cache_lengths, tokens.shape[0]
         )
-        h = self.wte(tokens) + self.wpe(positions)
+        h = self.embed(tokens, positions)
         for idx, block in enumerate(self.h):
             layer_idx = ops.constant(idx, DType.uint32, device=DeviceRef.CPU())
             h = block(layer_idx, h, kv_collection, input_row_offsets)
@@ -244,6 +244,10 @@ class GPT2(Module):
             lm_head=self.lm_head,
             return_logits=self.config.return_logits,
         )
+
+    def embed(self, tokens: TensorValue, positions: TensorValue) -> TensorValue:
+        """h0 = token embedding + learned position embedding."""
+        return self.wte(tokens) + self.wpe(positions)
 
     def input_tree(self) -> OrderedDict[str, object]:
         """The graph's named inputs: ragged tokens, offsets, n logits, KV."""

@@ -44,7 +44,18 @@ CONV1D_WEIGHTS = re.compile(
 # Causal-mask buffers some checkpoints carry; the attention kernel masks itself.
 MASK_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 
-Action = Literal["copied", "transposed", "dropped", "tied"]
+Action = Literal[
+    "copied",
+    "transposed",
+    "dropped",
+    "tied",
+    # problems: the checkpoint does not match its config.json
+    "missing",
+    "unexpected",
+    "misshaped",
+    "duplicate",
+]
+PROBLEMS = frozenset({"missing", "unexpected", "misshaped", "duplicate"})
 Dims = tuple[int, ...]
 
 
@@ -56,12 +67,16 @@ class CheckpointMismatch(CheckpointError):
 class MappedTensor:
     """Where one checkpoint tensor goes (or, for a tied head, comes from)."""
 
-    source: str
-    source_shape: Dims
+    source: str  # "" for a tensor the checkpoint lacks
+    source_shape: Dims | None
     target: str | None
     target_shape: Dims | None
     action: Action
     note: str = ""
+
+    @property
+    def problem(self) -> bool:
+        return self.action in PROBLEMS
 
 
 def checkpoint_shapes(hf_config: AutoConfig) -> dict[str, Dims]:
@@ -114,71 +129,85 @@ def graph_weight_shapes(
     return shapes
 
 
-def plan_weights(
+def map_weights(
     stored: Mapping[str, Dims],
     hf_config: AutoConfig,
     lm_head_in_out: bool = False,
 ) -> list[MappedTensor]:
-    """Maps checkpoint tensors to graph weights, or raises naming every problem."""
+    """One row per checkpoint tensor (and per tensor it lacks): where it
+    goes in the graph, or what is wrong with it."""
     validate_hf_config(hf_config)
     expected = checkpoint_shapes(hf_config)
     tied = "lm_head.weight" not in expected
-    plan: list[MappedTensor] = []
-    problems: list[str] = []
+    rows: list[MappedTensor] = []
     seen: dict[str, str] = {}
 
     for source, raw_shape in stored.items():
         shape = tuple(int(d) for d in raw_shape)
         name = source.removeprefix("transformer.")
         if MASK_BUFFERS.match(name):
-            plan.append(
+            rows.append(
                 MappedTensor(source, shape, None, None, "dropped", "causal-mask buffer")
             )
-            continue
-        if name == "lm_head.weight" and tied:
+        elif name == "lm_head.weight" and tied:
             note = "tie_word_embeddings: the head is wte.weight"
-            plan.append(MappedTensor(source, shape, None, None, "dropped", note))
-            continue
-        if name not in expected:
-            problems.append(f"unexpected tensor {source} {list(shape)}")
-            continue
-        if name in seen:
-            problems.append(f"tensor {name} stored twice ({seen[name]} and {source})")
-            continue
-        seen[name] = source
-        if shape != expected[name]:
+            rows.append(MappedTensor(source, shape, None, None, "dropped", note))
+        elif name not in expected:
+            note = f"unexpected tensor {source} {list(shape)}"
+            rows.append(MappedTensor(source, shape, None, None, "unexpected", note))
+        elif name in seen:
+            note = f"tensor {name} stored twice ({seen[name]} and {source})"
+            rows.append(MappedTensor(source, shape, name, None, "duplicate", note))
+        elif shape != expected[name]:
+            seen[name] = source
             layout = " (Conv1D, stored [in, out])" if CONV1D_WEIGHTS.match(name) else ""
-            problems.append(
+            note = (
                 f"tensor {source} has shape {list(shape)}, expected "
                 f"{list(expected[name])}{layout}"
             )
-            continue
-        if _transposed_in_graph(name, lm_head_in_out):
-            plan.append(MappedTensor(source, shape, name, shape[::-1], "transposed"))
+            rows.append(MappedTensor(source, shape, name, None, "misshaped", note))
         else:
-            plan.append(MappedTensor(source, shape, name, shape, "copied"))
+            seen[name] = source
+            if _transposed_in_graph(name, lm_head_in_out):
+                rows.append(
+                    MappedTensor(source, shape, name, shape[::-1], "transposed")
+                )
+            else:
+                rows.append(MappedTensor(source, shape, name, shape, "copied"))
 
     for name, want in expected.items():
         if name not in seen:
-            problems.append(f"missing tensor {name} (expected {list(want)})")
+            note = f"missing tensor {name} (expected {list(want)})"
+            rows.append(MappedTensor("", None, name, None, "missing", note))
+    wte = next((r for r in rows if r.target == "wte.weight" and not r.problem), None)
+    if tied and wte is not None:
+        if lm_head_in_out:
+            head = (wte.source_shape[::-1], "a transposed copy of wte.weight")
+        else:
+            head = (wte.source_shape, "shares wte.weight")
+        rows.append(
+            MappedTensor(
+                wte.source, wte.source_shape, "lm_head.weight", head[0], "tied", head[1]
+            )
+        )
+    return rows
+
+
+def plan_weights(
+    stored: Mapping[str, Dims],
+    hf_config: AutoConfig,
+    lm_head_in_out: bool = False,
+) -> list[MappedTensor]:
+    """`map_weights`, raising one error that names every problem."""
+    rows = map_weights(stored, hf_config, lm_head_in_out)
+    problems = [r.note for r in rows if r.problem]
     if problems:
         shown = "; ".join(problems[:8])
         more = f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
         raise CheckpointMismatch(
             f"checkpoint does not match its config.json: {shown}{more}"
         )
-    if tied:
-        wte = next(m for m in plan if m.target == "wte.weight")
-        if lm_head_in_out:
-            head = (wte.source_shape[::-1], "a transposed copy of wte.weight")
-        else:
-            head = (wte.source_shape, "shares wte.weight")
-        plan.append(
-            MappedTensor(
-                wte.source, wte.source_shape, "lm_head.weight", head[0], "tied", head[1]
-            )
-        )
-    return plan
+    return rows
 
 
 def convert_safetensor_state_dict(

@@ -15,6 +15,24 @@ def _checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("MAX_SERVE_DISABLE_TELEMETRY", "1")
+    from .verify import DEFAULT_PROMPTS, verdict_json, verify
+
+    verdict = verify(
+        args.model_path,
+        devices=args.devices,
+        prompts=args.prompt or DEFAULT_PROMPTS,
+        decode_steps=args.decode_steps,
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(verdict_json(verdict) + "\n")
+    return verdict.status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt2-max", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="tensor names as published on the hub, or as save_pretrained writes",
     )
     ckpt.set_defaults(run=_checkpoint)
+
+    ver = sub.add_parser(
+        "verify",
+        help="check that a GPT-2 checkpoint runs correctly on MAX: the weight "
+        "mapping, then logits and greedy tokens against transformers "
+        "(exit 0 PASS, 1 FAIL, 2 unreadable)",
+    )
+    ver.add_argument(
+        "--model-path", required=True, help="local directory or hub repo id"
+    )
+    ver.add_argument("--devices", default="cpu", help="as max serve's --devices")
+    ver.add_argument(
+        "--prompt", action="append", help="a prompt to decode (repeatable)"
+    )
+    ver.add_argument("--decode-steps", type=int, default=32)
+    ver.add_argument("--json", help="also write the verdict as JSON to this file")
+    ver.set_defaults(run=_verify)
     return parser
 
 

@@ -1,0 +1,174 @@
+"""`gpt2-max verify`: PASS on good checkpoints, FAIL with the cause otherwise.
+
+The broken implementations are the mistakes guides for MAX have
+recommended: position embeddings left out, GPT-2's square `attn.c_proj`
+Conv1D weight used without its transpose (its shape cannot tell), and a
+gated MLP built from `c_fc` in place of GPT-2's two-layer MLP. Each must be
+caught with the first differing token reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from max.graph import ops
+from max.graph.weights import WeightData, WeightsFormat
+from safetensors.torch import load_file, save_file
+
+from gpt2_lmhead_model import gpt2_arch
+from gpt2_lmhead_model.gpt2 import GPT2, GPT2MLP
+from gpt2_lmhead_model.weight_adapters import convert_safetensor_state_dict
+from gpt2_max.verify import FAIL, PASS, UNREADABLE, verify
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["gpt2-max", "verify", *args],
+        capture_output=True, text=True, timeout=1800, check=False,
+        env={**os.environ, "MAX_SERVE_DISABLE_TELEMETRY": "1"},
+    )  # fmt: skip
+
+
+def test_fixture_distilgpt2_passes(checkpoints, tmp_path):
+    report = tmp_path / "verdict.json"
+    result = run_cli(
+        "--model-path", str(checkpoints["distilgpt2"]), "--json", str(report)
+    )
+    assert result.returncode == PASS, result.stdout[-3000:] + result.stderr[-2000:]
+    out = result.stdout
+    # The mapping table names every tensor and what became of it.
+    row = r"h\.0\.attn\.c_attn\.weight\s+\[768, 2304\]\s+F32\s+h\.0\.attn\.c_attn\.weight\s+\[2304, 768\]\s+transposed"
+    assert re.search(row, out), out[:3000]
+    assert re.search(
+        r"h\.3\.attn\.bias\s+\[1, 1, 1024, 1024\].*dropped \(causal-mask buffer\)", out
+    )
+    assert re.search(r"wte\.weight.*lm_head\.weight\s+\[768, 50257\]\s+tied", out)
+    assert "greedy tokens identical for 33 steps" in out
+    assert out.rstrip().splitlines()[-1].startswith("PASS")
+    verdict = json.loads(report.read_text())
+    assert verdict["status"] == "PASS"
+    assert all(max(p["relative_errors"]) <= 1e-4 for p in verdict["prompts"])
+
+
+def test_fixture_variant_passes(checkpoints):
+    lines: list[str] = []
+    verdict = verify(str(checkpoints["variant"]), say=lines.append)
+    assert verdict.status == PASS, "\n".join(lines)
+    assert verdict.parity is not None and verdict.parity.passed
+
+
+def broken(checkpoints, tmp_path, edit_weights=None, edit_config=None):
+    path = tmp_path / "broken"
+    shutil.copytree(checkpoints["variant"], path)
+    if edit_weights:
+        weights = load_file(path / "model.safetensors")
+        edit_weights(weights)
+        save_file(weights, path / "model.safetensors", {"format": "pt"})
+    if edit_config:
+        config = json.loads((path / "config.json").read_text())
+        edit_config(config)
+        (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "weights", "config", "status", "cause"),
+    [
+        (
+            "missing tensor",
+            lambda w: w.pop("transformer.h.2.ln_2.bias"),
+            None,
+            FAIL,
+            "missing: missing tensor h.2.ln_2.bias (expected [96])",
+        ),
+        (
+            "wrong shape",
+            lambda w: w.update(
+                {"transformer.wpe.weight": w["transformer.wpe.weight"][:200].clone()}
+            ),
+            None,
+            FAIL,
+            "tensor transformer.wpe.weight has shape [200, 96], expected [256, 96]",
+        ),
+        (
+            "not GPT-2",
+            None,
+            lambda c: c.update(model_type="llama", architectures=["LlamaForCausalLM"]),
+            UNREADABLE,
+            "architectures is ['LlamaForCausalLM']",
+        ),
+        (
+            "unsupported activation",
+            None,
+            lambda c: c.update(activation_function="mish"),
+            UNREADABLE,
+            "activation_function='mish' is not supported",
+        ),
+    ],
+)
+def test_broken_checkpoint_fails_naming_the_cause(
+    checkpoints, tmp_path, name, weights, config, status, cause
+):
+    path = broken(checkpoints, tmp_path, weights, config)
+    result = run_cli("--model-path", str(path))
+    assert result.returncode == status, result.stdout[-3000:]
+    assert cause in result.stdout
+    assert "FAIL" in result.stdout
+
+
+def test_unreadable_path_fails(tmp_path):
+    result = run_cli("--model-path", str(tmp_path / "nowhere"))
+    assert result.returncode == UNREADABLE
+    assert "nowhere" in result.stdout
+
+
+def assert_fails_with_first_token(checkpoint, architecture=None):
+    lines: list[str] = []
+    verdict = verify(str(checkpoint), architecture=architecture, say=lines.append)
+    text = "\n".join(lines)
+    assert verdict.status == FAIL, text
+    assert "FIRST DIFFERING TOKEN at step" in text, text
+    assert text.splitlines()[-1].startswith("FAIL")
+    assert verdict.parity is not None
+    assert any(p.first_divergence is not None for p in verdict.parity.prompts)
+
+
+def test_missing_position_embeddings_fail(checkpoints, monkeypatch):
+    monkeypatch.setattr(GPT2, "embed", lambda self, tokens, positions: self.wte(tokens))
+    assert_fails_with_first_token(checkpoints["variant"])
+
+
+def test_untransposed_square_c_proj_fails(checkpoints):
+    def adapter(state_dict, huggingface_config, pipeline_config, **kwargs):
+        weights = convert_safetensor_state_dict(
+            state_dict, huggingface_config, pipeline_config
+        )
+        for name, w in weights.items():
+            if name.endswith("attn.c_proj.weight"):  # undo the Conv1D transpose
+                weights[name] = WeightData.from_numpy(
+                    np.ascontiguousarray(np.from_dlpack(w.data).T), name
+                )
+        return weights
+
+    arch = dataclasses.replace(
+        gpt2_arch, weight_adapters={WeightsFormat.safetensors: adapter}
+    )
+    assert_fails_with_first_token(checkpoints["variant"], arch)
+
+
+def test_gated_mlp_fails(checkpoints, monkeypatch):
+    def gated(self, x):
+        up = self.c_fc(x)  # c_fc duplicated as gate and up projection
+        return self.c_proj(ops.silu(up) * up)
+
+    monkeypatch.setattr(GPT2MLP, "__call__", gated)
+    assert_fails_with_first_token(checkpoints["variant"])
