@@ -16,10 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gpt2_lmhead_model import gpt2_arch
 from gpt2_max.checkpoints import PRESETS, write_checkpoint
 from gpt2_max.server import MaxServe
 
-from . import ceilings, peers, report
+from . import ceilings, engine, peers, report
 from .load import LevelResult, run_level
 
 TEXT = (
@@ -213,6 +214,13 @@ def main() -> None:
         ttft_lengths,
         cold,
     )
+    for side, checkpoint in (("ours", gpt2), ("llama", llama)):
+        print(f"[{side}] engine alone", flush=True)
+        arch = gpt2_arch if side == "ours" else None
+        results[side]["engine"] = {
+            str(b): engine.decode_tokens_per_second(checkpoint, b, architecture=arch)
+            for b in (1, max(levels))
+        }
     hf: dict[str, Any] = {}
     for b in hf_batches:
         print(f"[transformers] batch {b}", flush=True)

@@ -11,6 +11,14 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def roofline(ceil: dict[str, float], streams: int) -> float:
+    """n streams share each weight read, until compute runs out."""
+    return min(
+        streams * ceil["one_stream_tokens_per_second"],
+        ceil["large_batch_tokens_per_second"],
+    )
+
+
 def table(results: dict[str, Any]) -> str:
     ours, llama = results["ours"], results.get("llama")
     hf = results.get("transformers", {})
@@ -26,14 +34,7 @@ def table(results: dict[str, Any]) -> str:
             (x for x in (llama or {}).get("levels", []) if x["concurrency"] == n), None
         )
         hf_level = hf.get(str(n))
-        ceiling = (
-            ceil["one_stream_tokens_per_second"]
-            if n == 1
-            else min(
-                n * ceil["one_stream_tokens_per_second"],
-                ceil["large_batch_tokens_per_second"],
-            )
-        )
+        ceiling = roofline(ceil, n)
         ours_tps = level["tokens_per_second"]
         peer_tps = peer["tokens_per_second"] if peer else None
         hf_tps = hf_level["tokens_per_second"] if hf_level else None
@@ -56,6 +57,11 @@ def table(results: dict[str, Any]) -> str:
             f"{k} {_fmt(v)} s" for k, v in data["startup_seconds"].items()
         )
         lines.append(f"- {name}: time to first token {ttft}; server start {start}")
+        for b, e in data.get("engine", {}).items():
+            lines.append(
+                f"  - engine alone (in-process decode, batch {b}): "
+                f"{_fmt(e['tokens_per_second'])} tok/s, {_fmt(e['step_ms'], 2)} ms/step"
+            )
     best_hf = max(
         (v["tokens_per_second"] for k, v in hf.items() if int(k) > 1), default=None
     )
