@@ -9,12 +9,13 @@ where the greedy tokens part is reported.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .stepper import stepper
 
 # float32 accumulated in a different order differs by ~1e-6; a real bug
 # (a missing position embedding, an untransposed weight) by 1e-1 or more.
@@ -88,60 +89,26 @@ def max_greedy_decode(
     All prompts prefill together as one ragged batch and then decode
     together, exactly as `max serve` batches them.
     """
-    os.environ.setdefault("MAX_SERVE_DISABLE_TELEMETRY", "1")
-    from max.pipelines import PIPELINE_REGISTRY, AutoModel
-    from max.pipelines.context import TextContext, TokenBuffer
-    from max.pipelines.modeling.types import RequestID
-
-    if architecture is None:
-        from gpt2_lmhead_model import gpt2_arch as architecture
-    PIPELINE_REGISTRY.register(architecture, allow_override=True)  # type: ignore[arg-type]
-
     longest = max(len(p) for p in prompts) + steps - 1
     progress("compiling the MAX graph (minutes on a cold CPU cache)")
-    with AutoModel(
-        str(checkpoint),
-        max_batch_size=len(prompts),
+    out = Decode(tokens=[[] for _ in prompts])
+    with stepper(
+        checkpoint,
+        prompts,
+        longest,
         devices=devices,
-        quantization_encoding=encoding,
-        max_length=longest,
-    ) as model:
-        pipeline = model.pipeline
-        pipeline_model = pipeline._pipeline_model  # type: ignore[attr-defined]
-        kv = pipeline.kv_manager
-        contexts = [
-            TextContext(
-                request_id=RequestID(),
-                max_length=longest,
-                tokens=TokenBuffer(np.asarray(p, dtype=np.int64)),
-            )
-            for p in prompts
-        ]
-        out = Decode(tokens=[[] for _ in prompts])
-        for ctx in contexts:
-            kv.claim(ctx, replica_idx=0)
-        try:
-            for step in range(steps):
-                progress(f"MAX step {step + 1}/{steps}")
-                for ctx in contexts:
-                    kv.alloc(ctx).synchronize()
-                batch = [contexts]
-                inputs = pipeline_model.prepare_initial_token_inputs(
-                    replica_batches=batch, kv_cache_inputs=kv.runtime_inputs(batch)
-                )
-                logits = pipeline_model.execute(model_inputs=inputs).logits
-                logits = np.array(logits.to_numpy(), dtype=np.float32, copy=True)
-                out.logits.append(logits)
-                for i, ctx in enumerate(contexts):
-                    token = int(logits[i].argmax())
-                    out.tokens[i].append(token)
-                    if step + 1 < steps:
-                        ctx.update(token)
-                        kv.step(ctx)
-        finally:
-            for ctx in contexts:
-                if kv.contains(ctx):
-                    kv.release(ctx)
+        encoding=encoding,
+        architecture=architecture,
+    ) as batch:
+        for step in range(steps):
+            progress(f"MAX step {step + 1}/{steps}")
+            logits, _ = batch.step()
+            out.logits.append(logits)
+            chosen = [int(row.argmax()) for row in logits]
+            for tokens, token in zip(out.tokens, chosen, strict=True):
+                tokens.append(token)
+            if step + 1 < steps:
+                batch.feed(chosen)
     return out
 
 
