@@ -83,12 +83,9 @@ def chat_prompt(tokenizer, messages) -> list[int]:
 
 
 def complete(client, server, prompt, max_tokens, **kwargs):
+    kwargs.setdefault("temperature", 0)
     return client.completions.create(
-        model=server.model,
-        prompt=prompt,
-        max_tokens=max_tokens,
-        temperature=0,
-        **kwargs,
+        model=server.model, prompt=prompt, max_tokens=max_tokens, **kwargs
     )
 
 
@@ -181,6 +178,35 @@ def test_concurrent_requests_equal_their_results_alone(client, server, tokenizer
         t.join(timeout=600)
     assert not errors
     assert together == alone
+
+
+def test_sampling_parameters_are_honoured(client, server):
+    def sample(seed):
+        return (
+            complete(
+                client,
+                server,
+                PROMPTS[1],
+                12,
+                temperature=1.0,
+                top_p=0.9,
+                seed=seed,
+                extra_body={"top_k": 50},
+            )
+            .choices[0]
+            .text
+        )
+
+    first = sample(1234)
+    assert sample(1234) == first  # a seed makes sampling reproducible
+    assert len({first, sample(1), sample(2), sample(3)}) > 1  # and it is sampling
+    greedy_like = complete(
+        client, server, PROMPTS[1], 12, extra_body={"top_k": 1}, temperature=1.0
+    )
+    assert (
+        greedy_like.choices[0].text
+        == complete(client, server, PROMPTS[1], 12).choices[0].text
+    )
 
 
 def test_stop_string_ends_generation(client, server, greedy, tokenizer):
