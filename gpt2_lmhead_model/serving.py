@@ -97,7 +97,12 @@ def _check_fields(
     path: str, request: dict[str, Any], served_models: Collection[str]
 ) -> RequestError | None:
     model = request.get("model")
-    if isinstance(model, str) and model and model not in served_models:
+    if (
+        isinstance(model, str)
+        and model
+        and served_models
+        and model not in served_models
+    ):
         served = ", ".join(repr(m) for m in served_models)
         return RequestError(
             404,
@@ -225,7 +230,10 @@ def _text_slot(
 
 
 def _cut_response(body: bytes, stops: StopStrings, chat: bool) -> bytes:
-    response = json.loads(body)
+    try:
+        response = json.loads(body)
+    except ValueError:
+        return body  # not a completion: nothing to cut
     for choice in response.get("choices") or []:
         slot = _text_slot(choice, chat, streaming=False)
         if slot is None or not isinstance(slot[0].get(slot[1]), str):
@@ -242,7 +250,10 @@ def _cut_event(event: bytes, stops: StopStrings, chat: bool) -> bytes | None:
     prefix = b"data: "
     if not event.startswith(prefix) or event[len(prefix) :].strip() == b"[DONE]":
         return event
-    chunk = json.loads(event[len(prefix) :])
+    try:
+        chunk = json.loads(event[len(prefix) :])
+    except ValueError:
+        return event  # not a completion chunk: nothing to cut
     choices = chunk.get("choices") or []
     kept = []
     for choice in choices:
