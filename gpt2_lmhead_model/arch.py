@@ -5,7 +5,7 @@ from max.pipelines.context import TextContext
 from max.pipelines.lib import SupportedArchitecture
 from max.pipelines.modeling.types import PipelineTask
 
-from . import weight_adapters
+from . import gguf_weights, weight_adapters
 from .memory_planner import GPT2MemoryPlanner
 from .model import GPT2BatchProcessor, GPT2Model
 from .model_config import GPT2Config
@@ -30,6 +30,7 @@ gpt2_arch = SupportedArchitecture(
     default_weights_format=WeightsFormat.safetensors,
     weight_adapters={
         WeightsFormat.safetensors: weight_adapters.convert_safetensor_state_dict,
+        WeightsFormat.gguf: gguf_weights.convert_gguf_state_dict,
     },
     multi_gpu_supported=False,
     config=GPT2Config,

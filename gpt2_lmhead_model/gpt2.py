@@ -19,9 +19,15 @@ from max import tree
 from max.dtype import DType
 from max.graph import DeviceRef, Dim, Graph, TensorValue, Type, Value, Weight, ops
 from max.graph import Module as GraphModule
+from max.graph.quantization import QuantizationEncoding
 from max.nn.attention.mask_config import MHAMaskVariant
 from max.nn.embedding import Embedding
-from max.nn.kernels import flash_attention_ragged, fused_qkv_ragged_matmul
+from max.nn.kernels import (
+    flash_attention_ragged,
+    fused_qkv_ragged_matmul,
+    store_k_cache_ragged,
+    store_v_cache_ragged,
+)
 from max.nn.kv_cache import KVCacheInputsPerDevice, PagedCacheValues
 from max.nn.layer import LayerList, Module
 from max.nn.linear import Linear
@@ -89,17 +95,15 @@ class GPT2Attention(Module):
 
     def __init__(self, config: GPT2Config, layer_idx: int) -> None:
         super().__init__()
-        device = config.devices[0]
         self.kv_params = config.kv_params
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.scale = config.attention_scale(layer_idx)
-        self.c_attn = Linear(
-            config.n_embd, 3 * config.n_embd, config.dtype, device, has_bias=True
+        prefix = f"h.{layer_idx}.attn."
+        self.c_attn = linear(
+            config, prefix + "c_attn", config.n_embd, 3 * config.n_embd
         )
-        self.c_proj = Linear(
-            config.n_embd, config.n_embd, config.dtype, device, has_bias=True
-        )
+        self.c_proj = linear(config, prefix + "c_proj", config.n_embd, config.n_embd)
 
     def __call__(
         self,
@@ -108,17 +112,7 @@ class GPT2Attention(Module):
         kv_collection: PagedCacheValues,
         input_row_offsets: TensorValue,
     ) -> TensorValue:
-        assert self.c_attn.bias is not None
-        q = fused_qkv_ragged_matmul(
-            self.kv_params,
-            input=x,
-            input_row_offsets=input_row_offsets,
-            wqkv=self.c_attn.weight.to(x.device),
-            kv_collection=kv_collection,
-            layer_idx=layer_idx,
-            n_heads=self.n_head,
-            bias=self.c_attn.bias.to(x.device),
-        )
+        q = self.qkv_into_cache(layer_idx, x, kv_collection, input_row_offsets)
         attn = flash_attention_ragged(
             self.kv_params,
             input=q.reshape((-1, self.n_head, self.kv_params.head_dim)),
@@ -130,19 +124,48 @@ class GPT2Attention(Module):
         )
         return self.c_proj(attn.reshape((-1, self.n_embd)))
 
+    def qkv_into_cache(
+        self,
+        layer_idx: TensorValue,
+        x: TensorValue,
+        kv_collection: PagedCacheValues,
+        input_row_offsets: TensorValue,
+    ) -> TensorValue:
+        """`c_attn`: writes K and V of the new tokens to the cache, returns Q."""
+        if isinstance(self.c_attn, Linear):
+            assert self.c_attn.bias is not None
+            return fused_qkv_ragged_matmul(
+                self.kv_params,
+                input=x,
+                input_row_offsets=input_row_offsets,
+                wqkv=self.c_attn.weight.to(x.device),
+                kv_collection=kv_collection,
+                layer_idx=layer_idx,
+                n_heads=self.n_head,
+                bias=self.c_attn.bias.to(x.device),
+            )
+        # A ggml-quantized c_attn has no fused cache-writing kernel: project,
+        # then store K and V with MAX's paged-cache store ops.
+        qkv = self.c_attn(x)
+        heads = (-1, self.n_head, self.kv_params.head_dim)
+        q, k, v = (qkv[:, i * self.n_embd : (i + 1) * self.n_embd] for i in range(3))
+        store_k_cache_ragged(
+            kv_collection, k.reshape(heads), input_row_offsets, layer_idx
+        )
+        store_v_cache_ragged(
+            kv_collection, v.reshape(heads), input_row_offsets, layer_idx
+        )
+        return q
+
 
 class GPT2MLP(Module):
     """The two-layer feed-forward: c_fc -> activation -> c_proj (not gated)."""
 
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
         super().__init__()
-        device = config.devices[0]
-        self.c_fc = Linear(
-            config.n_embd, config.n_inner, config.dtype, device, has_bias=True
-        )
-        self.c_proj = Linear(
-            config.n_inner, config.n_embd, config.dtype, device, has_bias=True
-        )
+        prefix = f"h.{layer_idx}.mlp."
+        self.c_fc = linear(config, prefix + "c_fc", config.n_embd, config.n_inner)
+        self.c_proj = linear(config, prefix + "c_proj", config.n_inner, config.n_embd)
         self.act = ACTIVATIONS[config.activation_function]
 
     def __call__(self, x: TensorValue) -> TensorValue:
@@ -164,7 +187,7 @@ class GPT2Block(Module):
         self.ln_1 = norm()
         self.attn = GPT2Attention(config, layer_idx)
         self.ln_2 = norm()
-        self.mlp = GPT2MLP(config)
+        self.mlp = GPT2MLP(config, layer_idx)
 
     def __call__(
         self,
@@ -175,6 +198,54 @@ class GPT2Block(Module):
     ) -> TensorValue:
         x = x + self.attn(layer_idx, self.ln_1(x), kv_collection, input_row_offsets)
         return x + self.mlp(self.ln_2(x))
+
+
+class QuantizedLinear(Module):
+    """`x @ W.T + b` with `W` in a ggml encoding (blocks along `in`) and a
+    float bias; MAX's `Linear` would quantize the bias with the weight."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        encoding: QuantizationEncoding,
+        config: GPT2Config,
+        has_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        device = config.devices[0]
+        self.encoding = encoding
+        self.out_dim = out_dim
+        # Shape is a placeholder: loading sets the packed byte shape.
+        self.weight = Weight(
+            "weight",
+            DType.uint8,
+            (out_dim, in_dim),
+            device=device,
+            quantization_encoding=encoding,
+        )
+        self.bias = (
+            Weight("bias", config.dtype, (out_dim,), device=device)
+            if has_bias
+            else None
+        )
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        y = ops.qmatmul(self.encoding, None, x, self.weight.to(x.device))
+        if int(self.weight.shape[0]) != self.out_dim:
+            y = y[:, : self.out_dim]  # rows padded at load (`pad_rows`)
+        return y if self.bias is None else y + self.bias.to(x.device)
+
+
+def linear(
+    config: GPT2Config, name: str, in_dim: int, out_dim: int
+) -> Linear | QuantizedLinear:
+    """A biased projection: ggml-quantized if the checkpoint stores `name`
+    so, else MAX's `Linear`."""
+    encoding = config.quantized_weights.get(name + ".weight")
+    if encoding is not None:
+        return QuantizedLinear(in_dim, out_dim, encoding, config)
+    return Linear(in_dim, out_dim, config.dtype, config.devices[0], has_bias=True)
 
 
 class LMHead(Module):
@@ -210,15 +281,20 @@ class GPT2(Module):
         self.ln_f = LayerNorm(
             config.n_embd, config.devices, config.dtype, eps=config.layer_norm_epsilon
         )
-        self.lm_head: LMHead | Linear
+        self.lm_head: LMHead | Linear | QuantizedLinear
+        head_encoding = config.quantized_weights.get("lm_head.weight")
         if config.lm_head_in_out:
             self.lm_head = LMHead(config)
+        elif head_encoding is not None:
+            self.lm_head = QuantizedLinear(
+                config.n_embd, config.vocab_size, head_encoding, config, has_bias=False
+            )
         else:
             self.lm_head = Linear(
                 config.n_embd, config.vocab_size, config.dtype, device
             )
-            if config.tie_word_embeddings:
-                self.lm_head.set_shared_weight("weight", self.wte.weight)
+        if config.tie_word_embeddings and not config.lm_head_in_out:
+            self.lm_head.set_shared_weight("weight", self.wte.weight)
 
     def __call__(
         self,

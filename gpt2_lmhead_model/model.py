@@ -126,9 +126,21 @@ class GPT2Model(PipelineModelWithKVCache[TextContext, GPT2Config, Model]):
 
     @override
     def _create_model_config(self, state_dict: dict[str, Any]) -> GPT2Config:
-        del state_dict
         config = self.arch_config_as(GPT2Config)
         config.return_logits = self.return_logits
+        # What the adapter produced decides the graph's weights: ggml-encoded
+        # tensors get quantized matmuls, and the head is tied exactly when
+        # no `lm_head.weight` of its own was produced (a GGUF file can carry
+        # one for a tied checkpoint, as llama.cpp writes it).
+        config.quantized_weights = {
+            name: data.quantization_encoding
+            for name, data in state_dict.items()
+            if getattr(data, "quantization_encoding", None) is not None
+        }
+        config.tie_word_embeddings = "lm_head.weight" not in state_dict
+        head = state_dict.get("lm_head.weight", state_dict.get("wte.weight"))
+        if getattr(head, "quantization_encoding", None) is not None:
+            config.lm_head_in_out = False  # ggml blocks run along n_embd
         return config
 
     @override

@@ -7,11 +7,12 @@ cannot honour is refused at load time rather than silently approximated.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from max.dtype import DType
 from max.graph import DeviceRef
+from max.graph.quantization import QuantizationEncoding
 from max.nn.kv_cache import KVCacheParams
 from max.nn.transformer import ReturnLogits
 from max.pipelines.kv_cache import cache_dtype_for_encoding
@@ -24,6 +25,7 @@ from max.pipelines.lib.interfaces.arch_config import (
 from max.pipelines.modeling.config_enums import (
     SupportedEncoding,
     supported_encoding_dtype,
+    supported_encoding_quantization,
 )
 from transformers import AutoConfig
 from typing_extensions import override
@@ -101,6 +103,10 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
     SUPPORTED_ENCODINGS: ClassVar[set[SupportedEncoding]] = {
         "float32",
         "bfloat16",
+        # GGUF files (llama.cpp's layout), on CPU: MAX's ggml kernels.
+        "q4_k",
+        "q4_0",
+        "q6_k",
     }
 
     vocab_size: int
@@ -117,8 +123,12 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
 
     max_seq_len: int
     dtype: DType
+    """Activations, the KV cache and every unquantized weight."""
     devices: list[DeviceRef]
     kv_params: KVCacheParams
+    quantized_weights: dict[str, QuantizationEncoding] = field(default_factory=dict)
+    """Graph weight name -> the ggml encoding it is stored in (GGUF only).
+    Per tensor, because llama.cpp's mixed files (Q4_K_M) mix encodings."""
     lm_head_in_out: bool = False
     """Store the LM head `[n_embd, vocab]` and compute `x @ W`: on MAX's CPU
     kernels that GEMV reads the 50257-wide head ~25% faster than the
@@ -218,20 +228,35 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
         return cls(
             **hyperparameters(hf),
             max_seq_len=max_seq_len,
-            dtype=supported_encoding_dtype(encoding),
+            dtype=activation_dtype(encoding),
             devices=devices,
             kv_params=kv_params,
-            lm_head_in_out=lm_head_in_out(devices),
+            lm_head_in_out=lm_head_in_out(devices, encoding),
         )
 
 
-def lm_head_in_out(devices: list[DeviceRef]) -> bool:
-    """Whether the LM head is stored `[n_embd, vocab]`: on CPUs only.
+def activation_dtype(encoding: SupportedEncoding) -> DType:
+    """The float type the graph computes in: a ggml encoding's is float32."""
+    if is_gguf_quantized(encoding):
+        return DType.float32
+    return supported_encoding_dtype(encoding)
+
+
+def is_gguf_quantized(encoding: SupportedEncoding) -> bool:
+    quantization = supported_encoding_quantization(encoding)
+    return quantization is not None and quantization.is_gguf
+
+
+def lm_head_in_out(devices: list[DeviceRef], encoding: SupportedEncoding) -> bool:
+    """Whether the LM head is stored `[n_embd, vocab]`: float weights on CPUs.
 
     GPUs keep MAX's standard `[vocab, n_embd]` layout (and a tied head then
-    shares the token embedding instead of holding a transposed copy).
+    shares the token embedding instead of holding a transposed copy); so do
+    ggml-quantized heads, whose blocks run along `n_embd`.
     """
-    return all(device.is_cpu() for device in devices)
+    return all(device.is_cpu() for device in devices) and not is_gguf_quantized(
+        encoding
+    )
 
 
 def hyperparameters(hf_config: AutoConfig) -> dict[str, Any]:

@@ -26,13 +26,14 @@ from max.graph import DeviceRef, Shape
 from max.graph.weights import WeightData, Weights
 from max.pipelines.lib import PipelineConfig
 from max.pipelines.lib.config.model_config import _select_quantization_encoding
-from max.pipelines.modeling.config_enums import supported_encoding_dtype
 from transformers import AutoConfig
 
 from .model_config import (
     CheckpointError,
     GPT2Config,
+    activation_dtype,
     hyperparameters,
+    is_gguf_quantized,
     lm_head_in_out,
     validate_hf_config,
 )
@@ -219,12 +220,17 @@ def convert_safetensor_state_dict(
     """The registered safetensors adapter: renamed, transposed, cast."""
     model = pipeline_config.model
     encoding = _select_quantization_encoding(model, GPT2Config.DEFAULT_ENCODING)
+    if is_gguf_quantized(encoding):
+        raise CheckpointError(
+            f"--quantization-encoding {encoding} needs a GGUF file; this "
+            "checkpoint is safetensors (write one with `gpt2-max convert`)"
+        )
     devices = [DeviceRef(spec.device_type, spec.id) for spec in model.device_specs]
     return adapt_weights(
         {name: weight.data() for name, weight in state_dict.items()},
         huggingface_config,
-        supported_encoding_dtype(encoding),
-        lm_head_in_out(devices),
+        activation_dtype(encoding),
+        lm_head_in_out(devices, encoding),
     )
 
 
@@ -251,14 +257,14 @@ def adapt_weights(
                 "floating-point type"
             )
         if item.action in ("transposed", "tied"):
-            data = _transpose(data, item.target)
+            data = transpose(data, item.target)
         else:
             data = WeightData(data.data, item.target, data.dtype, data.shape)
         out[item.target] = data if data.dtype == dtype else data.astype(dtype)
     return out
 
 
-def _transpose(data: WeightData, name: str) -> WeightData:
+def transpose(data: WeightData, name: str) -> WeightData:
     """`[in, out]` -> `[out, in]`; bfloat16 moves as its raw 16-bit words."""
     if data.dtype == DType.bfloat16:
         raw = data.to_buffer().view(DType.uint16).to_numpy()

@@ -33,6 +33,15 @@ def _verify(args: argparse.Namespace) -> int:
     return verdict.status
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .gguf_export import write_gguf
+
+    print(write_gguf(Path(args.checkpoint_dir), Path(args.out), args.to))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt2-max", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--decode-steps", type=int, default=32)
     ver.add_argument("--json", help="also write the verdict as JSON to this file")
     ver.set_defaults(run=_verify)
+
+    conv = sub.add_parser(
+        "convert",
+        help="write a GPT-2 checkpoint as a GGUF file in llama.cpp's layout, "
+        "float32 or quantized (as llama-quantize would, without an imatrix)",
+    )
+    conv.add_argument("checkpoint_dir", help="local checkpoint directory")
+    conv.add_argument("out", help="the .gguf file to write")
+    conv.add_argument(
+        "--to",
+        required=True,
+        choices=["f32", "q4_0", "q4_k", "q6_k", "q4_k_m"],
+        help="q4_k_m: Q4_K, with Q6_K for the head and some ffn_down layers",
+    )
+    conv.set_defaults(run=_convert)
     return parser
 
 

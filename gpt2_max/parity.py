@@ -81,13 +81,18 @@ def max_greedy_decode(
     *,
     devices: str = "cpu",
     encoding: str = "float32",
+    weight_path: str | Path | None = None,
+    forced: Sequence[Sequence[int]] | None = None,
     architecture: object | None = None,
     progress: Progress = _quiet,
 ) -> Decode:
     """Runs `steps` greedy steps (prefill + steps-1 decodes) on MAX.
 
     All prompts prefill together as one ragged batch and then decode
-    together, exactly as `max serve` batches them.
+    together, exactly as `max serve` batches them. With `forced` (one token
+    list per prompt, e.g. the oracle's greedy tokens) each step is fed the
+    forced token instead of its own choice, so both sides see the same
+    inputs at every step even after their choices part.
     """
     longest = max(len(p) for p in prompts) + steps - 1
     progress("compiling the MAX graph (minutes on a cold CPU cache)")
@@ -98,6 +103,7 @@ def max_greedy_decode(
         longest,
         devices=devices,
         encoding=encoding,
+        weight_path=weight_path,
         architecture=architecture,
     ) as batch:
         for step in range(steps):
@@ -108,7 +114,7 @@ def max_greedy_decode(
             for tokens, token in zip(out.tokens, chosen, strict=True):
                 tokens.append(token)
             if step + 1 < steps:
-                batch.feed(chosen)
+                batch.feed([f[step] for f in forced] if forced else chosen)
     return out
 
 

@@ -74,12 +74,15 @@ def stepper(
     *,
     devices: str = "cpu",
     encoding: str = "float32",
+    weight_path: str | Path | None = None,
     architecture: object | None = None,
 ) -> Iterator[Stepper]:
     """Loads the checkpoint (compiling on a cold cache) and claims the batch.
 
-    `architecture` defaults to this package's GPT-2; pass another
-    `SupportedArchitecture` to run a peer or an injected variant.
+    `weight_path` loads other weights (a GGUF file) than the checkpoint
+    directory's, which still supplies `config.json`. `architecture`
+    defaults to this package's GPT-2; pass another `SupportedArchitecture`
+    to run a peer or an injected variant.
     """
     os.environ.setdefault("MAX_SERVE_DISABLE_TELEMETRY", "1")
     from max.pipelines import PIPELINE_REGISTRY, AutoModel
@@ -93,6 +96,7 @@ def stepper(
         devices=devices,
         quantization_encoding=encoding,
         max_length=max_length,
+        **({"weight_path": [str(weight_path)]} if weight_path else {}),
     ) as model:
         batch = Stepper(model.pipeline, prompts, max_length)
         try:
