@@ -182,9 +182,7 @@ def _stays_packed(target: str) -> bool:
 
 def _packed(tensor: gguf.ReaderTensor, name: str) -> WeightData:
     # A copy: the weights outlive the file's memory map.
-    shape = gguf.quant_shape_to_byte_shape(
-        list(_rows_cols(tensor)), tensor.tensor_type
-    )
+    shape = gguf.quant_shape_to_byte_shape(list(_rows_cols(tensor)), tensor.tensor_type)
     packed = np.array(tensor.data, dtype=np.uint8, copy=True).reshape(shape)
     encoding = KERNEL_ENCODINGS[tensor.tensor_type]
     return WeightData(packed, name, DType.uint8, Shape(shape), encoding)
