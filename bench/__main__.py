@@ -2,6 +2,7 @@
 
     python -m bench                 # DistilGPT2 shape, 1/4/16/32 streams x 128 tokens
     python -m bench --quick         # the smoke run the test suite uses
+    python -m bench --encodings q4_k   # GGUF encodings measured next to float32
 
 Writes results.json, table.md and throughput.png to --out.
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 from gpt2_lmhead_model import gpt2_arch
 from gpt2_max.checkpoints import PRESETS, write_checkpoint
+from gpt2_max.gguf_export import write_gguf
 from gpt2_max.server import MaxServe
 
 from . import ceilings, engine, peers, report
@@ -130,6 +132,50 @@ def serve_and_measure(
     }
 
 
+def measure_gguf(
+    checkpoint: Path,
+    encoding: str,
+    out: Path,
+    tokenizer: Any,
+    levels: list[int],
+    max_tokens: int,
+) -> dict[str, Any]:
+    """Ours on the checkpoint converted to a GGUF `encoding`: one and many
+    streams served, and the engine alone."""
+    path = write_gguf(
+        checkpoint, out / "checkpoints" / f"{checkpoint.name}-{encoding}.gguf", encoding
+    )
+    args = [
+        "--devices",
+        "cpu",
+        "--quantization-encoding",
+        encoding,
+        "--weight-path",
+        str(path),
+    ]
+    result = serve_and_measure(
+        f"ours-{encoding}",
+        checkpoint,
+        args,
+        "gpt2_lmhead_model",
+        out,
+        tokenizer,
+        levels,
+        max_tokens,
+        [],
+        cold=False,
+    )
+    print(f"[ours-{encoding}] engine alone", flush=True)
+    result["engine"] = {
+        str(b): engine.decode_tokens_per_second(
+            checkpoint, b, encoding=encoding, weight_path=path
+        )
+        for b in (levels[0], levels[-1])
+    }
+    result["weight_bytes_per_token"] = ceilings.gguf_matmul_bytes(path)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -140,6 +186,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-cold", action="store_true", help="skip cold-compile start times"
+    )
+    parser.add_argument(
+        "--encodings",
+        default=None,
+        help="GGUF encodings to measure next to float32, comma-separated "
+        "(default q4_0,q4_k,q6_k; --quick: q4_0; '' for none)",
     )
     opts = parser.parse_args()
 
@@ -154,6 +206,14 @@ def main() -> None:
     ttft_lengths = [8] if opts.quick else [32, 512]
     hf_batches = [1, 2] if opts.quick else [1, 4, 16, 32]
     cold = not (opts.quick or opts.no_cold)
+    default_encodings = "q4_0" if opts.quick else "q4_0,q4_k,q6_k"
+    encodings = [
+        e
+        for e in (
+            opts.encodings if opts.encodings is not None else default_encodings
+        ).split(",")
+        if e
+    ]
     out: Path = opts.out
     out.mkdir(parents=True, exist_ok=True)
     threads = os.cpu_count() or 1
@@ -228,6 +288,11 @@ def main() -> None:
             gpt2, prompts(tokenizer, b, 32), max_tokens, threads
         )
     results["transformers"] = hf
+    gguf_levels = [levels[0], levels[-1]]
+    results["gguf"] = {
+        encoding: measure_gguf(gpt2, encoding, out, tokenizer, gguf_levels, max_tokens)
+        for encoding in encodings
+    }
     print(report.write(results, out))
 
 

@@ -8,6 +8,7 @@ instead by compute: GEMM rate / FLOPs per token.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -58,6 +59,21 @@ def model_costs(hp: dict[str, Any], context: int) -> dict[str, float]:
         "kv_bytes_per_token": kv_bytes,
         "flops_per_token": 2 * matmul_params + attention_flops,
     }
+
+
+def gguf_matmul_bytes(path: Path) -> int:
+    """Bytes of a GGUF file's matmul weights (blocks + head): what a decode
+    step reads. The embeddings are gathered a row at a time, not read."""
+    import gguf
+
+    sizes = {
+        t.name: int(t.n_bytes)
+        for t in gguf.GGUFReader(path).tensors
+        if len(t.shape) == 2
+    }
+    head = sizes.get("output.weight", sizes["token_embd.weight"])  # tied: wte
+    gathered = ("token_embd.weight", "position_embd.weight", "output.weight")
+    return head + sum(n for name, n in sizes.items() if name not in gathered)
 
 
 def ceilings(machine: dict[str, float], costs: dict[str, float]) -> dict[str, float]:

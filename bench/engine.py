@@ -19,6 +19,8 @@ def decode_tokens_per_second(
     batch: int,
     *,
     architecture: Any | None = None,
+    encoding: str = "float32",
+    weight_path: Path | None = None,
     prompt_len: int = 32,
     steps: int = 40,
     warmup: int = 5,
@@ -27,7 +29,12 @@ def decode_tokens_per_second(
     prompts = [list(range(100 + i, 100 + i + prompt_len)) for i in range(batch)]
     times = []
     with stepper(
-        checkpoint, prompts, prompt_len + steps + 1, architecture=architecture
+        checkpoint,
+        prompts,
+        prompt_len + steps + 1,
+        architecture=architecture,
+        encoding=encoding,
+        weight_path=weight_path,
     ) as sequences:
         for step in range(steps):
             logits, seconds = sequences.step()

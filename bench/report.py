@@ -80,6 +80,47 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def gguf_table(results: dict[str, Any]) -> str:
+    """GGUF encodings next to float32, all measured in this run."""
+    gguf = results.get("gguf") or {}
+    if not gguf:
+        return ""
+    bandwidth = results["machine"]["read_bandwidth_gbs"] * 1e9
+    kv = results["costs"]["kv_bytes_per_token"]
+    f32 = {
+        lv["concurrency"]: lv["tokens_per_second"] for lv in results["ours"]["levels"]
+    }
+    f32_engine = results["ours"].get("engine", {})
+    many = max(int(n) for n in next(iter(gguf.values()))["engine"])
+    rows = [
+        f"| encoding | MB read / token | 1 stream tok/s | x float32 | of ceiling "
+        f"| {many} streams tok/s | x float32 | engine batch 1 tok/s | x float32 "
+        f"| engine batch {many} tok/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    f32_bytes = results["costs"]["weight_bytes_per_token"]
+    rows.append(
+        f"| float32 | {_fmt(f32_bytes / 1e6)} | {_fmt(f32.get(1))} | 1.00 "
+        f"| {_fmt(f32[1] * (f32_bytes + kv) / bandwidth, 2)} | {_fmt(f32.get(many))} "
+        f"| 1.00 | {_fmt(f32_engine.get('1', {}).get('tokens_per_second'))} | 1.00 "
+        f"| {_fmt(f32_engine.get(str(many), {}).get('tokens_per_second'))} |"
+    )
+    for encoding, data in gguf.items():
+        tps = {lv["concurrency"]: lv["tokens_per_second"] for lv in data["levels"]}
+        eng = {int(b): e["tokens_per_second"] for b, e in data["engine"].items()}
+        f32_eng1 = f32_engine.get("1", {}).get("tokens_per_second")
+        per_token = data["weight_bytes_per_token"]
+        rows.append(
+            f"| {encoding} | {_fmt(per_token / 1e6)} | {_fmt(tps[1])} "
+            f"| {_fmt(tps[1] / f32[1], 2)} "
+            f"| {_fmt(tps[1] * (per_token + kv) / bandwidth, 2)} "
+            f"| {_fmt(tps[many])} | {_fmt(tps[many] / f32[many], 2)} "
+            f"| {_fmt(eng[1])} | {_fmt(eng[1] / f32_eng1 if f32_eng1 else None, 2)} "
+            f"| {_fmt(eng[many])} |"
+        )
+    return "\n".join(rows)
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -100,6 +141,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 style,
                 label=name,
             )
+    for encoding, data in (results.get("gguf") or {}).items():
+        xs = [lv["concurrency"] for lv in data["levels"]]
+        tps = [lv["tokens_per_second"] for lv in data["levels"]]
+        ax.plot(xs, tps, "x-", label=f"ours, GGUF {encoding}")
     hf = results.get("transformers", {})
     if hf:
         xs = sorted(int(k) for k in hf)
@@ -138,6 +183,8 @@ def write(results: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     text = table(results)
+    if results.get("gguf"):
+        text += "\n\n" + gguf_table(results)
     (out / "table.md").write_text(text + "\n")
     plot(results, out / "throughput.png")
     return text

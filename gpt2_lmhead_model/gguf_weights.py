@@ -20,21 +20,23 @@ from typing import Any
 import gguf
 import numpy as np
 from max.dtype import DType
-from max.graph import DeviceRef, Shape
+from max.graph import Shape
 from max.graph.quantization import QuantizationEncoding
 from max.graph.weights import WeightData, Weights
 from max.pipelines.lib import PipelineConfig
-from max.pipelines.lib.config.model_config import _select_quantization_encoding
 from transformers import AutoConfig
 
 from .model_config import (
-    GPT2Config,
-    activation_dtype,
     hyperparameters,
-    lm_head_in_out,
     validate_hf_config,
 )
-from .weight_adapters import CheckpointMismatch, Dims, graph_weight_shapes, transpose
+from .weight_adapters import (
+    CheckpointMismatch,
+    Dims,
+    graph_weight_shapes,
+    pipeline_target,
+    transpose,
+)
 
 # llama.cpp's tensor names (convert_hf_to_gguf.py, GPT2Model) -> GPT-2's.
 _TOP_LEVEL = {
@@ -261,9 +263,7 @@ def convert_gguf_state_dict(
     **unused_kwargs: object,
 ) -> dict[str, WeightData]:
     """The registered GGUF adapter."""
-    model = pipeline_config.model
-    encoding = _select_quantization_encoding(model, GPT2Config.DEFAULT_ENCODING)
-    devices = [DeviceRef(spec.device_type, spec.id) for spec in model.device_specs]
+    _, dtype, head_in_out = pipeline_target(pipeline_config)
     # MAX's GGUFWeights (26.7.0) keeps its reader and raw tensors private;
     # the raw tensor carries the ggml type of encodings MAX cannot load.
     weights = list(state_dict.values())
@@ -271,9 +271,4 @@ def convert_gguf_state_dict(
         raise CheckpointMismatch("GGUF file holds no tensors")
     check_metadata(metadata_of(weights[0]._reader), huggingface_config)  # type: ignore[attr-defined]
     tensors = {name: w._raw_tensor() for name, w in state_dict.items()}  # type: ignore[attr-defined]
-    return adapt_tensors(
-        tensors,
-        huggingface_config,
-        activation_dtype(encoding),
-        lm_head_in_out(devices, encoding),
-    )
+    return adapt_tensors(tensors, huggingface_config, dtype, head_in_out)

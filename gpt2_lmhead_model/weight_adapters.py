@@ -26,6 +26,7 @@ from max.graph import DeviceRef, Shape
 from max.graph.weights import WeightData, Weights
 from max.pipelines.lib import PipelineConfig
 from max.pipelines.lib.config.model_config import _select_quantization_encoding
+from max.pipelines.modeling.config_enums import SupportedEncoding
 from transformers import AutoConfig
 
 from .model_config import (
@@ -218,20 +219,29 @@ def convert_safetensor_state_dict(
     **unused_kwargs: object,
 ) -> dict[str, WeightData]:
     """The registered safetensors adapter: renamed, transposed, cast."""
-    model = pipeline_config.model
-    encoding = _select_quantization_encoding(model, GPT2Config.DEFAULT_ENCODING)
+    encoding, dtype, head_in_out = pipeline_target(pipeline_config)
     if is_gguf_quantized(encoding):
         raise CheckpointError(
             f"--quantization-encoding {encoding} needs a GGUF file; this "
             "checkpoint is safetensors (write one with `gpt2-max convert`)"
         )
-    devices = [DeviceRef(spec.device_type, spec.id) for spec in model.device_specs]
     return adapt_weights(
         {name: weight.data() for name, weight in state_dict.items()},
         huggingface_config,
-        activation_dtype(encoding),
-        lm_head_in_out(devices, encoding),
+        dtype,
+        head_in_out,
     )
+
+
+def pipeline_target(
+    pipeline_config: PipelineConfig,
+) -> tuple[SupportedEncoding, DType, bool]:
+    """What the pipeline asks of an adapter: the encoding, the float dtype
+    of unquantized weights, and whether the head is stored `[in, out]`."""
+    model = pipeline_config.model
+    encoding = _select_quantization_encoding(model, GPT2Config.DEFAULT_ENCODING)
+    devices = [DeviceRef(spec.device_type, spec.id) for spec in model.device_specs]
+    return encoding, activation_dtype(encoding), lm_head_in_out(devices, encoding)
 
 
 def adapt_weights(

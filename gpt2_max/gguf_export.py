@@ -15,11 +15,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import gguf
 import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
+from transformers import AutoConfig
+
+from gpt2_lmhead_model.gguf_weights import gguf_name
+from gpt2_lmhead_model.model_config import hyperparameters, validate_hf_config
+from gpt2_lmhead_model.weight_adapters import plan_weights
 
 from .gguf_quants import quantize
 
@@ -44,15 +48,6 @@ _MATRIX_TYPES = {
 
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GPT2]
 EOT = "<|endoftext|>"
-# HF's Conv1D stores these `[in, out]`; GGUF (like nn.Linear) wants `[out, in]`.
-_CONV1D = (
-    "attn.c_attn.weight",
-    "attn.c_proj.weight",
-    "mlp.c_fc.weight",
-    "mlp.c_proj.weight",
-)
-# Causal-mask buffers some GPT-2 checkpoints carry; not weights.
-_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
 def write_gguf(checkpoint_dir: Path, out_path: Path, encoding: str) -> Path:
@@ -66,10 +61,10 @@ def write_gguf(checkpoint_dir: Path, out_path: Path, encoding: str) -> Path:
             f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}"
         )
     checkpoint_dir, out_path = Path(checkpoint_dir), Path(out_path)
-    hp = gpt2_hyperparameters(
-        json.loads((checkpoint_dir / "config.json").read_text(encoding="utf-8"))
-    )
-    tensors = _gguf_tensors(_read_safetensors(checkpoint_dir), hp)
+    hf_config = AutoConfig.from_pretrained(checkpoint_dir)
+    validate_hf_config(hf_config)
+    hp = hyperparameters(hf_config)
+    tensors = _gguf_tensors(_read_safetensors(checkpoint_dir), hf_config)
     tokens, token_types, merges, eot = _read_tokenizer(checkpoint_dir, hp["vocab_size"])
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,8 +91,9 @@ def write_gguf(checkpoint_dir: Path, out_path: Path, encoding: str) -> Path:
     writer.add_token_list(tokens)
     writer.add_token_types(token_types)
     writer.add_token_merges(merges)
-    writer.add_bos_token_id(hp["bos_token_id"] if "bos_token_id" in hp else eot)
-    writer.add_eos_token_id(hp["eos_token_id"] if "eos_token_id" in hp else eot)
+    bos, eos = hf_config.bos_token_id, hf_config.eos_token_id
+    writer.add_bos_token_id(bos if isinstance(bos, int) else eot)
+    writer.add_eos_token_id(eos if isinstance(eos, int) else eot)
     writer.add_unk_token_id(eot)
     # GPT-2's tokenizer adds no BOS; say so rather than leave it to defaults.
     writer.add_add_bos_token(False)
@@ -171,45 +167,16 @@ def _q4_k_m_wants_q6_k(name: str, n_layer: int) -> bool:
     )
 
 
-def gpt2_hyperparameters(config: Mapping[str, Any]) -> dict[str, Any]:
-    """config.json's values, with `transformers.GPT2Config`'s defaults."""
-    model_type = config.get("model_type", "gpt2")
-    if model_type != "gpt2":
-        raise ValueError(f"config.json model_type is {model_type!r}, not 'gpt2'")
-    n_embd = int(config.get("n_embd", 768))
-    hp: dict[str, Any] = {
-        "vocab_size": int(config.get("vocab_size", 50257)),
-        "n_positions": int(config.get("n_positions", 1024)),
-        "n_embd": n_embd,
-        "n_head": int(config.get("n_head", 12)),
-        "n_layer": int(config.get("n_layer", 12)),
-        "n_inner": int(config.get("n_inner") or 4 * n_embd),
-        "layer_norm_epsilon": float(config.get("layer_norm_epsilon", 1e-5)),
-        "activation_function": str(config.get("activation_function", "gelu_new")),
-        "scale_attn_weights": bool(config.get("scale_attn_weights", True)),
-        "scale_attn_by_inverse_layer_idx": bool(
-            config.get("scale_attn_by_inverse_layer_idx", False)
-        ),
-        "tie_word_embeddings": bool(config.get("tie_word_embeddings", True)),
-    }
-    for key in ("bos_token_id", "eos_token_id"):
-        if isinstance(config.get(key), int):
-            hp[key] = config[key]
-    return hp
-
-
 def _read_safetensors(checkpoint_dir: Path) -> dict[str, np.ndarray]:
-    """Every tensor of the checkpoint as float32, by GPT-2 name (no
-    `transformer.` prefix, no mask buffers), memory-mapped where possible."""
+    """Every tensor of the checkpoint as float32, by stored name,
+    memory-mapped where possible."""
     files = sorted(checkpoint_dir.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors file in {checkpoint_dir}")
     out: dict[str, np.ndarray] = {}
     for path in files:
         for stored, tensor in gguf.utility.SafetensorsLocal(path).tensors.items():
-            name = stored.removeprefix("transformer.")
-            if name.endswith(_BUFFERS):
-                continue
+            name = stored
             if name in out:
                 raise ValueError(f"tensor {name} appears twice in {checkpoint_dir}")
             raw = tensor.mmap_bytes()
@@ -229,70 +196,24 @@ def _read_safetensors(checkpoint_dir: Path) -> dict[str, np.ndarray]:
 
 
 def _gguf_tensors(
-    hf: Mapping[str, np.ndarray], hp: Mapping[str, Any]
+    hf: Mapping[str, np.ndarray], hf_config: AutoConfig
 ) -> dict[str, np.ndarray]:
-    """GGUF name -> array `[out, in]` (a view; nothing is copied yet), in
-    llama.cpp's order; refuses missing, unexpected or misshapen tensors,
-    naming them."""
-    e, ff, n_layer = hp["n_embd"], hp["n_inner"], hp["n_layer"]
-    want: dict[str, tuple[int, ...]] = {
-        "wte.weight": (hp["vocab_size"], e),
-        "wpe.weight": (hp["n_positions"], e),
-    }
-    for i in range(n_layer):
-        block = {
-            "ln_1.weight": (e,),
-            "ln_1.bias": (e,),
-            "attn.c_attn.weight": (3 * e, e),
-            "attn.c_attn.bias": (3 * e,),
-            "attn.c_proj.weight": (e, e),
-            "attn.c_proj.bias": (e,),
-            "ln_2.weight": (e,),
-            "ln_2.bias": (e,),
-            "mlp.c_fc.weight": (ff, e),
-            "mlp.c_fc.bias": (ff,),
-            "mlp.c_proj.weight": (e, ff),
-            "mlp.c_proj.bias": (e,),
-        }
-        want.update({f"h.{i}.{k}": v for k, v in block.items()})
-    want["ln_f.weight"] = (e,)
-    want["ln_f.bias"] = (e,)
-    tied = hp["tie_word_embeddings"]
-    if not tied:
-        want["lm_head.weight"] = (hp["vocab_size"], e)
+    """GGUF name -> array `[out, in]` (a view; nothing is copied yet).
 
-    arrays: dict[str, np.ndarray] = {}
-    problems = []
-    for name, array in hf.items():
-        if name == "lm_head.weight" and tied:
-            continue  # a tied head is wte; llama.cpp writes wte's copy
-        if name not in want:
-            problems.append(f"unexpected tensor {name} {list(array.shape)}")
-            continue
-        if name.endswith(_CONV1D) and array.ndim == 2:
+    The architecture's own weight plan decides what goes where, so the
+    file holds exactly what the MAX loader expects; a missing, unexpected
+    or misshaped tensor is refused, naming it. A tied head is written out
+    as `output.weight`, as llama.cpp does.
+    """
+    shapes = {name: tuple(array.shape) for name, array in hf.items()}
+    out: dict[str, np.ndarray] = {}
+    for row in plan_weights(shapes, hf_config):
+        if row.target is None:
+            continue  # mask buffers; an untied copy of a tied head
+        array = hf[row.source]
+        if row.action == "transposed":
             array = array.T
-        if array.shape != want[name]:
-            problems.append(
-                f"tensor {name} is {list(array.shape)} (as [out, in]), "
-                f"config.json implies {list(want[name])}"
-            )
-        arrays[name] = array
-    problems += [f"missing tensor {name}" for name in want if name not in hf]
-    if problems:
-        more = f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
-        raise ValueError(
-            f"checkpoint does not match its config.json: {'; '.join(problems[:8])}"
-            f"{more}"
-        )
-
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, n_layer)
-    out = {}
-    for name in want:
-        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        assert gguf_name is not None, name
-        out[gguf_name] = arrays[name]
-    if tied:
-        out["output.weight"] = out["token_embd.weight"]
+        out[gguf_name(row.target)] = array
     return out
 
 

@@ -39,5 +39,17 @@ def test_quick_benchmark_runs_every_stage(tmp_path):
     assert set(results["transformers"]) == {"1", "2"}
     assert results["ceilings"]["one_stream_tokens_per_second"] > 0
     assert results["weight_bytes"]["gpt2"] > 0
-    assert "| 1 |" in (tmp_path / "table.md").read_text()
+    q4_0 = results["gguf"]["q4_0"]
+    assert [lv["concurrency"] for lv in q4_0["levels"]] == [1, 2]
+    assert all(lv["output_tokens"] == 4 * lv["concurrency"] for lv in q4_0["levels"])
+    assert set(q4_0["engine"]) == {"1", "2"}
+    # Q4_0 reads under a sixth of float32's bytes per token.
+    assert (
+        0
+        < q4_0["weight_bytes_per_token"]
+        < results["costs"]["weight_bytes_per_token"] / 6
+    )
+    table = (tmp_path / "table.md").read_text()
+    assert "| 1 |" in table
+    assert "| q4_0 |" in table
     assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"

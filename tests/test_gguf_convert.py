@@ -339,5 +339,7 @@ def test_untied_prefixed_checkpoint_with_odd_rows(tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(ckpt, bad)
     (bad / "config.json").write_text(json.dumps({**config, "n_inner": 256}))
-    with pytest.raises(ValueError, match=r"h\.0\.mlp\.c_fc\.weight is \[200, 96\]"):
+    with pytest.raises(
+        ValueError, match=r"h\.0\.mlp\.c_fc\.weight has shape \[96, 200\]"
+    ):
         write_gguf(bad, tmp_path / "bad.gguf", "f32")

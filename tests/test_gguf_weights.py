@@ -1,0 +1,170 @@
+"""The GGUF loader (`gguf_weights`): what stays packed for the quantized
+kernels, what is dequantized, and the files it refuses. No graph is
+compiled here, except that the last test loads through MAX's own
+pipeline, which refuses the file before compiling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import gguf
+import numpy as np
+import pytest
+from max.dtype import DType
+from max.graph.quantization import QuantizationEncoding
+from transformers import AutoConfig
+
+from gpt2_lmhead_model.gguf_weights import (
+    HEAD_ROW_MULTIPLE,
+    adapt_tensors,
+    check_metadata,
+    gguf_name,
+    gpt2_name,
+    metadata_of,
+    plan,
+)
+from gpt2_lmhead_model.weight_adapters import CheckpointMismatch
+from gpt2_max.checkpoints import DISTILGPT2_CONFIG, write_checkpoint
+from gpt2_max.gguf_export import write_gguf
+
+CONFIG = {
+    **DISTILGPT2_CONFIG,
+    "n_embd": 256,
+    "n_head": 4,
+    "n_layer": 2,
+    "n_inner": 512,
+    "n_positions": 64,
+    "n_ctx": 64,
+}
+MATMULS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf-load")
+    checkpoint = write_checkpoint(root / "ckpt", CONFIG, seed=2)
+    paths = {
+        e: write_gguf(checkpoint, root / f"{e}.gguf", e) for e in ("f32", "q4_k_m")
+    }
+    return checkpoint, paths
+
+
+def _tensors(path) -> dict[str, gguf.ReaderTensor]:
+    return {t.name: t for t in gguf.GGUFReader(path).tensors}
+
+
+def test_names_round_trip():
+    for name in ("wte.weight", "h.11.attn.c_attn.bias", "h.3.mlp.c_proj.weight"):
+        assert gpt2_name(gguf_name(name)) == name
+    assert gguf_name("h.0.mlp.c_fc.weight") == "blk.0.ffn_up.weight"
+    assert gpt2_name("output.weight") == "lm_head.weight"
+    assert gpt2_name("blk.0.attn_q.weight") is None  # llama's, not GPT-2's
+
+
+def test_mixed_file_keeps_matmuls_packed_per_tensor(files):
+    checkpoint, paths = files
+    hf_config = AutoConfig.from_pretrained(checkpoint)
+    tensors = _tensors(paths["q4_k_m"])
+    out = adapt_tensors(tensors, hf_config, DType.float32, head_in_out=False)
+
+    for layer in range(CONFIG["n_layer"]):
+        for matmul in MATMULS:
+            weight = out[f"h.{layer}.{matmul}.weight"]
+            stored = tensors[gguf_name(f"h.{layer}.{matmul}.weight")].tensor_type
+            assert weight.dtype == DType.uint8
+            assert (
+                weight.quantization_encoding
+                == QuantizationEncoding[stored.name.lower()]
+            )
+            assert out[f"h.{layer}.{matmul}.bias"].dtype == DType.float32
+        assert out[f"h.{layer}.ln_1.weight"].dtype == DType.float32
+    encodings = {w.quantization_encoding for w in out.values()}
+    assert {QuantizationEncoding.Q4_K, QuantizationEncoding.Q6_K} <= encodings
+
+    # The head (Q6_K in Q4_K_M) is padded to the kernels' row tile with
+    # all-zero blocks, which decode to zero logits that the graph drops.
+    head = out["lm_head.weight"]
+    assert head.quantization_encoding == QuantizationEncoding.Q6_K
+    rows = head.shape[0]
+    assert rows % HEAD_ROW_MULTIPLE == 0
+    assert CONFIG["vocab_size"] <= rows < CONFIG["vocab_size"] + HEAD_ROW_MULTIPLE
+    padding = np.from_dlpack(head.data)[CONFIG["vocab_size"] :]
+    assert not padding.any()
+    decoded = gguf.quants.dequantize(padding, gguf.GGMLQuantizationType.Q6_K)
+    assert not decoded.any()
+
+    # wte is gathered, one row per token: always float, values as stored.
+    wte = out["wte.weight"]
+    assert wte.dtype == DType.float32 and wte.quantization_encoding is None
+    assert tuple(wte.shape) == (CONFIG["vocab_size"], CONFIG["n_embd"])
+    stored = tensors["token_embd.weight"]
+    expected = gguf.quants.dequantize(stored.data, stored.tensor_type)
+    assert np.array_equal(np.from_dlpack(wte.data), expected)
+
+
+def test_float_file_on_cpu_stores_head_in_out(files):
+    checkpoint, paths = files
+    hf_config = AutoConfig.from_pretrained(checkpoint)
+    out = adapt_tensors(
+        _tensors(paths["f32"]), hf_config, DType.float32, head_in_out=True
+    )
+    assert all(w.quantization_encoding is None for w in out.values())
+    wte = np.from_dlpack(out["wte.weight"].data)
+    assert np.array_equal(np.from_dlpack(out["lm_head.weight"].data), wte.T)
+
+
+def test_metadata_contradicting_config_is_refused(files):
+    checkpoint, paths = files
+    hf_config = AutoConfig.from_pretrained(checkpoint)
+    metadata = metadata_of(gguf.GGUFReader(paths["f32"]))
+    check_metadata(metadata, hf_config)  # agrees
+
+    with pytest.raises(
+        CheckpointMismatch, match=r"head_count=8 contradicts .* n_head=4"
+    ):
+        check_metadata({**metadata, "gpt2.attention.head_count": 8}, hf_config)
+    with pytest.raises(CheckpointMismatch, match=r"general\.architecture is 'llama'"):
+        check_metadata({**metadata, "general.architecture": "llama"}, hf_config)
+    missing = dict(metadata)
+    del missing["gpt2.block_count"]
+    with pytest.raises(CheckpointMismatch, match=r"no gpt2\.block_count"):
+        check_metadata(missing, hf_config)
+
+
+def test_missing_and_misshaped_tensors_are_named(files):
+    checkpoint, paths = files
+    hf_config = AutoConfig.from_pretrained(checkpoint)
+    shapes = {
+        name: tuple(int(d) for d in reversed(t.shape.tolist()))
+        for name, t in _tensors(paths["f32"]).items()
+    }
+    assert plan(shapes, hf_config)["blk.1.ffn_up.weight"] == "h.1.mlp.c_fc.weight"
+
+    broken = dict(shapes)
+    del broken["blk.1.ffn_up.weight"]
+    broken["blk.0.attn_qkv.weight"] = (3 * 256, 128)
+    broken["blk.0.attn_q.weight"] = (256, 256)
+    with pytest.raises(CheckpointMismatch) as error:
+        plan(broken, hf_config)
+    message = str(error.value)
+    assert "missing tensor blk.1.ffn_up.weight (expected [512, 256])" in message
+    assert "tensor blk.0.attn_qkv.weight has shape [768, 128], expected [768, 256]" in (
+        message
+    )
+    assert "unexpected tensor blk.0.attn_q.weight" in message
+
+
+@pytest.mark.slow
+def test_pipeline_refuses_contradicting_file_before_compiling(files, tmp_path):
+    """Through MAX's own loading path, with a config.json that says 8 heads."""
+    from gpt2_max.stepper import stepper
+
+    checkpoint, paths = files
+    liar = tmp_path / "liar"
+    shutil.copytree(checkpoint, liar)
+    config = json.loads((liar / "config.json").read_text())
+    (liar / "config.json").write_text(json.dumps({**config, "n_head": 8}))
+    with pytest.raises(Exception, match=r"gpt2.attention.head_count=4 contradicts"):
+        with stepper(liar, [[1, 2]], 8, encoding="float32", weight_path=paths["f32"]):
+            pass
