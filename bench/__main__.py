@@ -142,9 +142,10 @@ def measure_gguf(
 ) -> dict[str, Any]:
     """Ours on the checkpoint converted to a GGUF `encoding`: one and many
     streams served, and the engine alone."""
+    # Absolute: MAX resolves a relative --weight-path inside --model-path.
     path = write_gguf(
         checkpoint, out / "checkpoints" / f"{checkpoint.name}-{encoding}.gguf", encoding
-    )
+    ).resolve()
     args = [
         "--devices",
         "cpu",

@@ -159,19 +159,22 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ceil["large_batch_tokens_per_second"],
         color="gray",
         linestyle="-.",
-        label="compute ceiling (GEMM)",
+        label="compute ceiling (float32 GEMM)",
     )
     ax.axhline(
         ceil["one_stream_tokens_per_second"],
         color="gray",
         linestyle=":",
-        label="one-stream bandwidth ceiling",
+        label="one-stream bandwidth ceiling (float32)",
     )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("concurrent streams (transformers: batch size)")
     ax.set_ylabel("output tokens / s (all streams)")
-    ax.set_title(f"{results['model']} float32, {results['machine']['cores']} CPU cores")
+    ax.set_title(
+        f"{results['model']}, {results['machine']['cores']} CPU cores\n"
+        "float32 unless marked GGUF; ceilings for float32"
+    )
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
