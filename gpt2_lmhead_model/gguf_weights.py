@@ -26,10 +26,7 @@ from max.graph.weights import WeightData, Weights
 from max.pipelines.lib import PipelineConfig
 from transformers import AutoConfig
 
-from .model_config import (
-    hyperparameters,
-    validate_hf_config,
-)
+from .model_config import hyperparameters, validate_hf_config
 from .weight_adapters import (
     CheckpointMismatch,
     Dims,
