@@ -32,6 +32,7 @@ from .weight_adapters import (
     Dims,
     graph_weight_shapes,
     pipeline_target,
+    refuse_mismatches,
     transpose,
 )
 
@@ -59,9 +60,9 @@ KERNEL_ENCODINGS = {
     gguf.GGMLQuantizationType.Q6_K: QuantizationEncoding.Q6_K,
 }
 
-# MAX's ggml matmul kernels repack weights in tiles of 32 output rows; GPT-2's
-# 50257-row head is padded to fit.
-HEAD_ROW_MULTIPLE = 32
+# MAX's CPU ggml matmuls repack weights in tiles of 32 output rows: packed
+# matrices are padded to it (GPT-2's 50257-row head is the usual case).
+ROW_TILE = 32
 
 # llama.cpp's metadata keys -> config.json's names. The last three are not
 # llama.cpp's (it assumes GPT-2's defaults); `gpt2-max convert` writes them.
@@ -158,12 +159,7 @@ def plan(stored: Mapping[str, Dims], hf_config: AutoConfig) -> dict[str, str]:
     for name, shape in expected.items():
         if name not in stored and not (name == "output.weight" and tied):
             problems.append(f"missing tensor {name} (expected {list(shape)})")
-    if problems:
-        shown = "; ".join(problems[:8])
-        more = f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
-        raise CheckpointMismatch(
-            f"GGUF file does not match its config.json: {shown}{more}"
-        )
+    refuse_mismatches("GGUF file", problems)
     return {name: gpt2_name(name) or name for name in stored}
 
 
@@ -180,11 +176,12 @@ def _stays_packed(target: str) -> bool:
 
 
 def _packed(tensor: gguf.ReaderTensor, name: str) -> WeightData:
-    # A copy: the weights outlive the file's memory map.
+    """The ggml blocks as stored (a copy: the weights outlive the file's
+    memory map), rows padded to `ROW_TILE`."""
     shape = gguf.quant_shape_to_byte_shape(list(_rows_cols(tensor)), tensor.tensor_type)
     packed = np.array(tensor.data, dtype=np.uint8, copy=True).reshape(shape)
     encoding = KERNEL_ENCODINGS[tensor.tensor_type]
-    return WeightData(packed, name, DType.uint8, Shape(shape), encoding)
+    return pad_rows(WeightData(packed, name, DType.uint8, Shape(shape), encoding))
 
 
 def _dequantized(tensor: gguf.ReaderTensor, name: str, dtype: DType) -> WeightData:
@@ -211,30 +208,30 @@ def adapt_tensors(
     stored `[n_embd, vocab]`, copied from `wte` if tied.
     """
     targets = plan({k: _rows_cols(t) for k, t in tensors.items()}, hf_config)
-    by_target = {target: tensors[source] for source, target in targets.items()}
-    by_target.setdefault("lm_head.weight", by_target["wte.weight"])
     out: dict[str, WeightData] = {}
-    for target, tensor in by_target.items():
+    for source, target in targets.items():
+        tensor = tensors[source]
         if tensor.tensor_type in KERNEL_ENCODINGS and _stays_packed(target):
             out[target] = _packed(tensor, target)
-        elif target != "lm_head.weight" or tensor is not by_target["wte.weight"]:
+        else:
             out[target] = _dequantized(tensor, target, dtype)
+    wte = tensors[next(src for src, dst in targets.items() if dst == "wte.weight")]
+    if "lm_head.weight" not in out and wte.tensor_type in KERNEL_ENCODINGS:
+        out["lm_head.weight"] = _packed(wte, "lm_head.weight")  # tied
     head = out.get("lm_head.weight")
-    if head is not None and head.quantization_encoding is not None:
-        out["lm_head.weight"] = pad_rows(head, HEAD_ROW_MULTIPLE)
-    elif head_in_out:
+    if head_in_out and (head is None or head.quantization_encoding is None):
         out["lm_head.weight"] = transpose(head or out["wte.weight"], "lm_head.weight")
     return out
 
 
-def pad_rows(data: WeightData, multiple: int) -> WeightData:
-    """Appends all-zero rows up to a multiple of `multiple`.
+def pad_rows(data: WeightData) -> WeightData:
+    """Appends all-zero rows up to a multiple of `ROW_TILE`.
 
     An all-zero ggml block decodes to zeros in Q4_0, Q4_K and Q6_K alike;
-    the graph slices the padded logits off (`QuantizedLinear`).
+    the graph slices the padded outputs off (`QuantizedLinear`).
     """
     packed = np.from_dlpack(data.data)
-    extra = -packed.shape[0] % multiple
+    extra = -packed.shape[0] % ROW_TILE
     if extra == 0:
         return data
     padded = np.concatenate([packed, np.zeros((extra, packed.shape[1]), np.uint8)])

@@ -202,14 +202,18 @@ def plan_weights(
 ) -> list[MappedTensor]:
     """`map_weights`, raising one error that names every problem."""
     rows = map_weights(stored, hf_config, lm_head_in_out)
-    problems = [r.note for r in rows if r.problem]
+    refuse_mismatches("checkpoint", [r.note for r in rows if r.problem])
+    return rows
+
+
+def refuse_mismatches(what: str, problems: list[str]) -> None:
+    """One error naming every problem (the first eight, then a count)."""
     if problems:
         shown = "; ".join(problems[:8])
         more = f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
         raise CheckpointMismatch(
-            f"checkpoint does not match its config.json: {shown}{more}"
+            f"{what} does not match its config.json: {shown}{more}"
         )
-    return rows
 
 
 def convert_safetensor_state_dict(

@@ -16,7 +16,7 @@ from max.graph.quantization import QuantizationEncoding
 from transformers import AutoConfig
 
 from gpt2_lmhead_model.gguf_weights import (
-    HEAD_ROW_MULTIPLE,
+    ROW_TILE,
     adapt_tensors,
     check_metadata,
     gguf_name,
@@ -84,8 +84,8 @@ def test_mixed_file_keeps_matmuls_packed_per_tensor(files):
     head = out["lm_head.weight"]
     assert head.quantization_encoding == QuantizationEncoding.Q6_K
     rows = int(head.shape[0])
-    assert rows % HEAD_ROW_MULTIPLE == 0
-    assert CONFIG["vocab_size"] <= rows < CONFIG["vocab_size"] + HEAD_ROW_MULTIPLE
+    assert rows % ROW_TILE == 0
+    assert CONFIG["vocab_size"] <= rows < CONFIG["vocab_size"] + ROW_TILE
     padding = np.from_dlpack(head.data)[CONFIG["vocab_size"] :]
     assert not padding.any()
     decoded = gguf.quants.dequantize(padding, gguf.GGMLQuantizationType.Q6_K)
@@ -165,3 +165,24 @@ def test_pipeline_refuses_contradicting_file_before_compiling(files, tmp_path):
     with pytest.raises(Exception, match=r"gpt2.attention.head_count=4 contradicts"):
         with stepper(liar, [[1, 2]], 8, encoding="float32", weight_path=paths["f32"]):
             pass
+
+
+def test_any_packed_matrix_is_padded_to_the_row_tile(tmp_path):
+    """`n_inner` 528 (16.5 tiles): `c_fc` [528, 256] is packed Q4_0 and
+    padded; `c_proj` [256, 528] has no whole Q4_0 blocks per row, so the
+    converter wrote Q8_0 and the loader dequantizes it."""
+    config = {**CONFIG, "n_inner": 528}
+    checkpoint = write_checkpoint(tmp_path / "ckpt", config, seed=4)
+    path = write_gguf(checkpoint, tmp_path / "q4_0.gguf", "q4_0")
+    tensors = _tensors(path)
+    out = adapt_tensors(
+        tensors, AutoConfig.from_pretrained(checkpoint), DType.float32, False
+    )
+    c_fc = out["h.0.mlp.c_fc.weight"]
+    assert c_fc.quantization_encoding == QuantizationEncoding.Q4_0
+    assert int(c_fc.shape[0]) == 544
+    stored = np.asarray(tensors["blk.0.ffn_up.weight"].data, np.uint8)
+    packed = np.from_dlpack(c_fc.data)
+    assert np.array_equal(packed[:528], stored.reshape(528, -1))
+    assert not packed[528:].any()
+    assert out["h.0.mlp.c_proj.weight"].dtype == DType.float32
