@@ -38,7 +38,11 @@ def _convert(args: argparse.Namespace) -> int:
 
     from .gguf_export import write_gguf
 
-    print(write_gguf(Path(args.checkpoint_dir), Path(args.out), args.to))
+    try:
+        print(write_gguf(Path(args.checkpoint_dir), Path(args.out), args.to))
+    except (OSError, ValueError) as error:  # unreadable or not a GPT-2
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -343,3 +343,30 @@ def test_untied_prefixed_checkpoint_with_odd_rows(tmp_path, capsys):
         ValueError, match=r"h\.0\.mlp\.c_fc\.weight has shape \[96, 200\]"
     ):
         write_gguf(bad, tmp_path / "bad.gguf", "f32")
+
+
+def test_convert_refuses_bad_input_with_one_line(tmp_path, capsys):
+    from gpt2_max.cli import main
+
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "nowhere"),
+                str(tmp_path / "x.gguf"),
+                "--to",
+                "q4_k",
+            ]
+        )
+        == 2
+    )
+    assert capsys.readouterr().err.startswith("error: ")
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    )
+    assert main(["convert", str(llama), str(tmp_path / "y.gguf"), "--to", "f32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "LlamaForCausalLM" in err
+    assert not (tmp_path / "y.gguf").exists()
