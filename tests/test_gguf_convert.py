@@ -17,6 +17,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from safetensors.numpy import load_file
 
+from gpt2_max import gguf_export
 from gpt2_max.checkpoints import (
     DISTILGPT2_CONFIG,
     TOKENIZER_DIR,
@@ -24,8 +25,10 @@ from gpt2_max.checkpoints import (
     write_checkpoint,
 )
 from gpt2_max.cli import main
-from gpt2_max.gguf_export import ENCODINGS, write_gguf
+from gpt2_max.gguf_export import write_gguf
 from gpt2_max.gguf_quants import quantize
+
+from .llama_cpp_gpt2 import gguf_name, is_conv1d_weight, rows_cols
 
 # Relative L2 round-trip error bounds. For values of std s quantized on a
 # uniform grid of step D the error is ~D/sqrt(12) per value, so the relative
@@ -111,8 +114,13 @@ TINY = {
     "n_inner": 512,
 }
 MATRICES = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
-CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+# Pinned here, not read from the converter, so an encoding it drops fails.
+ENCODINGS = ("f32", "q4_0", "q4_k", "q6_k", "q4_k_m")
 FILE_TYPES = {"f32": 0, "q4_0": 2, "q4_k": 14, "q6_k": 18, "q4_k_m": 15}
+
+
+def test_converter_offers_every_encoding():
+    assert tuple(gguf_export.ENCODINGS) == ENCODINGS
 
 
 @pytest.fixture(scope="module")
@@ -138,35 +146,10 @@ def _hf_tensors(checkpoint) -> dict[str, np.ndarray]:
         name = name.removeprefix("transformer.")
         if name.endswith((".attn.bias", ".attn.masked_bias")):
             continue
-        if name.endswith(tuple(f"{c}.weight" for c in CONV1D)):
+        if is_conv1d_weight(name):
             array = array.T
         out[name] = array
     return out
-
-
-TOP_NAMES = {
-    "wte": "token_embd",
-    "wpe": "position_embd",
-    "ln_f": "output_norm",
-    "lm_head": "output",
-}
-BLOCK_NAMES = {
-    "ln_1": "attn_norm",
-    "attn.c_attn": "attn_qkv",
-    "attn.c_proj": "attn_output",
-    "ln_2": "ffn_norm",
-    "mlp.c_fc": "ffn_up",
-    "mlp.c_proj": "ffn_down",
-}
-
-
-def _gguf_name(name: str) -> str:
-    """llama.cpp's name for a GPT-2 tensor, spelled out independently."""
-    part, kind = name.rsplit(".", 1)
-    if part.startswith("h."):
-        _, layer, rest = part.split(".", 2)
-        return f"blk.{layer}.{BLOCK_NAMES[rest]}.{kind}"
-    return f"{TOP_NAMES[part]}.{kind}"
 
 
 def _expected_types(encoding: str, n_layer: int) -> dict[str, T]:
@@ -201,10 +184,6 @@ def _metadata(reader: gguf.GGUFReader) -> dict:
     return {name: field.contents() for name, field in reader.fields.items()}
 
 
-def _rows_cols(tensor) -> tuple[int, ...]:
-    return tuple(int(d) for d in reversed(tensor.shape.tolist()))
-
-
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_tensors_names_shapes_types(readers, encoding):
     tensors = {t.name: t for t in readers[encoding].tensors}
@@ -231,7 +210,7 @@ def test_tensors_names_shapes_types(readers, encoding):
             f"blk.{i}.ffn_down.weight": (e, ff),
             f"blk.{i}.ffn_down.bias": (e,),
         }
-    assert {n: _rows_cols(t) for n, t in tensors.items()} == shapes
+    assert {n: rows_cols(t) for n, t in tensors.items()} == shapes
     assert {n: t.tensor_type for n, t in tensors.items()} == _expected_types(
         encoding, 2
     )
@@ -270,26 +249,52 @@ def test_metadata(readers, encoding):
         assert md[f"tokenizer.ggml.{key}"] == 50256
 
 
-def test_f32_is_bit_identical(tiny, readers):
-    stored = {
-        t.name: np.asarray(t.data).reshape(_rows_cols(t))
-        for t in readers["f32"].tensors
-    }
-    expected = {_gguf_name(n): a for n, a in _hf_tensors(tiny).items()}
+def _not_bit_identical(reader, checkpoint) -> list[str]:
+    """The f32 file's tensors that are not exactly the checkpoint's, looked
+    up by llama.cpp's names; raises if the name sets differ."""
+    stored = {t.name: np.asarray(t.data).reshape(rows_cols(t)) for t in reader.tensors}
+    expected = {gguf_name(n): a for n, a in _hf_tensors(checkpoint).items()}
     expected["output.weight"] = expected["token_embd.weight"]  # tied
     assert stored.keys() == expected.keys()
-    for name, array in expected.items():
-        assert stored[name].dtype == np.float32
-        assert np.array_equal(stored[name].view(np.uint32), array.view(np.uint32)), name
+    return [
+        name
+        for name, array in expected.items()
+        if stored[name].dtype != np.float32
+        or not np.array_equal(stored[name].view(np.uint32), array.view(np.uint32))
+    ]
+
+
+def test_f32_is_bit_identical(tiny, readers):
+    assert _not_bit_identical(readers["f32"], tiny) == []
+
+
+def test_swapped_norms_in_the_writer_are_caught(tiny, tmp_path, monkeypatch):
+    """attn_norm (ln_1) and ffn_norm (ln_2) have the same shape: only their
+    values tell them apart, so the fixture's norms must differ."""
+    real = gguf_export.gguf_name
+    swap = {"attn_norm": "ffn_norm", "ffn_norm": "attn_norm"}
+
+    def swapped(name: str) -> str:
+        parts = real(name).split(".")
+        return ".".join(swap.get(p, p) for p in parts)
+
+    monkeypatch.setattr(gguf_export, "gguf_name", swapped)
+    reader = gguf.GGUFReader(write_gguf(tiny, tmp_path / "swapped.gguf", "f32"))
+    assert sorted(_not_bit_identical(reader, tiny)) == sorted(
+        f"blk.{i}.{norm}.{kind}"
+        for i in range(2)
+        for norm in ("attn_norm", "ffn_norm")
+        for kind in ("weight", "bias")
+    )
 
 
 @pytest.mark.parametrize("encoding", ["q4_0", "q4_k", "q6_k", "q4_k_m"])
 def test_quantized_tensors_are_close(tiny, readers, encoding):
-    expected = {_gguf_name(n): a for n, a in _hf_tensors(tiny).items()}
+    expected = {gguf_name(n): a for n, a in _hf_tensors(tiny).items()}
     expected["output.weight"] = expected["token_embd.weight"]
     for tensor in readers[encoding].tensors:
         back = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        back = back.reshape(_rows_cols(tensor))
+        back = back.reshape(rows_cols(tensor))
         want = expected[tensor.name]
         if tensor.tensor_type == T.F32:
             assert np.array_equal(back, want), tensor.name
@@ -314,11 +319,11 @@ def test_untied_prefixed_checkpoint_with_odd_rows(tmp_path, capsys):
     assert tensors["token_embd.weight"].tensor_type == T.Q8_0
     assert tensors["blk.0.ffn_up.weight"].tensor_type == T.Q8_0
     assert tensors["blk.0.ffn_down.weight"].tensor_type == T.F32
-    assert _rows_cols(tensors["blk.0.ffn_down.weight"]) == (96, 200)
+    assert rows_cols(tensors["blk.0.ffn_down.weight"]) == (96, 200)
 
     hf = load_file(str(ckpt / "model.safetensors"))
     head = gguf.quants.dequantize(tensors["output.weight"].data, T.Q8_0)
-    head = head.reshape(_rows_cols(tensors["output.weight"]))
+    head = head.reshape(rows_cols(tensors["output.weight"]))
     assert _rel_err(head, hf["lm_head.weight"]) < BOUNDS[T.Q8_0]
     assert _rel_err(head, hf["transformer.wte.weight"]) > 1
     down = np.asarray(tensors["blk.2.ffn_down.weight"].data).reshape(96, 200)

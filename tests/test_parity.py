@@ -11,7 +11,6 @@ import pytest
 
 from gpt2_max.checkpoints import PRESETS
 from gpt2_max.parity import (
-    FLOAT32_TOLERANCE,
     compare,
     max_greedy_decode,
     transformers_greedy_decode,
@@ -19,6 +18,9 @@ from gpt2_max.parity import (
 
 from .conftest import prompts_for_window
 
+# The bar, pinned here rather than read from the code under test: float32
+# summed in another order differs by ~1e-6, a real bug by 1e-1 or more.
+TOLERANCE = 1e-4
 DECODE_STEPS = 32
 STEPS = DECODE_STEPS + 1  # the prefill's logits, then one per decode step
 
@@ -51,7 +53,7 @@ def test_logits_match_transformers_every_step(parity):
             f"{p.first_divergence}"
         )
         worst = max(p.rel_errors)
-        assert worst <= FLOAT32_TOLERANCE, (
+        assert worst <= TOLERANCE, (
             f"{p.prompt_len}-token prompt: relative logit error {worst:.2e} "
             f"at step {p.rel_errors.index(worst)}"
         )
@@ -62,4 +64,3 @@ def test_greedy_tokens_identical(parity):
     _, _, report = parity
     for p in report.prompts:
         assert p.max_tokens == p.hf_tokens
-    assert report.passed

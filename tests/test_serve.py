@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -180,25 +181,33 @@ def test_concurrent_requests_equal_their_results_alone(client, server, tokenizer
     assert together == alone
 
 
-def test_sampling_parameters_are_honoured(client, server):
+def sample_first_tokens(client, server, prompt, seeds, **sampling):
+    """The first sampled token's text for each seed, requests sent together."""
+
+    def one(seed: int) -> str:
+        result = complete(client, server, prompt, 1, seed=seed, **sampling).choices[0]
+        return result.text
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(one, seeds))
+
+
+def next_token_probs(hf_model, tokenizer, prompt, temperature):
+    with torch.inference_mode():
+        logits = hf_model(torch.tensor([tokenizer(prompt).input_ids])).logits[0, -1]
+    return torch.softmax(logits.double() / temperature, -1)
+
+
+def test_seed_makes_sampling_reproducible(client, server):
     def sample(seed):
         return (
-            complete(
-                client,
-                server,
-                PROMPTS[1],
-                12,
-                temperature=1.0,
-                top_p=0.9,
-                seed=seed,
-                extra_body={"top_k": 50},
-            )
+            complete(client, server, PROMPTS[1], 12, temperature=1.0, seed=seed)
             .choices[0]
             .text
         )
 
     first = sample(1234)
-    assert sample(1234) == first  # a seed makes sampling reproducible
+    assert sample(1234) == first
     assert len({first, sample(1), sample(2), sample(3)}) > 1  # and it is sampling
     greedy_like = complete(
         client, server, PROMPTS[1], 12, extra_body={"top_k": 1}, temperature=1.0
@@ -209,22 +218,83 @@ def test_sampling_parameters_are_honoured(client, server):
     )
 
 
+def test_top_k_never_samples_outside_the_top_k(client, server, hf_model, tokenizer):
+    probs = next_token_probs(hf_model, tokenizer, PROMPTS[1], 1.0)
+    top = probs.topk(5).indices.tolist()
+    allowed = {tokenizer.decode([t]) for t in top}
+    # At temperature 1 the fixture's top 5 hold < 1 % of the mass: without
+    # top_k almost every sample falls outside them.
+    assert probs[top].sum() < 0.01
+    seeds = range(1, 41)
+    with_top_k = sample_first_tokens(
+        client, server, PROMPTS[1], seeds, temperature=1.0, extra_body={"top_k": 5}
+    )
+    assert set(with_top_k) <= allowed, set(with_top_k) - allowed
+    assert len(set(with_top_k)) > 1  # sampled among the five, not argmax
+    without = sample_first_tokens(client, server, PROMPTS[1], seeds, temperature=1.0)
+    assert len(set(without) - allowed) > 30
+
+
+def test_top_p_samples_the_nucleus_in_proportion(client, server, hf_model, tokenizer):
+    temperature, top_p, n = 0.1, 0.5, 80
+    probs = next_token_probs(hf_model, tokenizer, PROMPTS[1], temperature)
+    sorted_probs, order = probs.sort(descending=True)
+    size = int((sorted_probs.cumsum(0) < top_p).sum()) + 1
+    # The fixture's nucleus: a few tokens, its edge clear of top_p, so
+    # the expected set does not hang on rounding.
+    assert 2 <= size <= 6
+    assert abs(float(sorted_probs[: size - 1].sum()) - top_p) > 0.02
+    assert abs(float(sorted_probs[:size].sum()) - top_p) > 0.02
+    nucleus = {
+        tokenizer.decode([t]): float(p)
+        for t, p in zip(
+            order[:size].tolist(),
+            sorted_probs[:size] / sorted_probs[:size].sum(),
+            strict=True,
+        )
+    }
+    assert len(nucleus) == size
+
+    got = sample_first_tokens(
+        client, server, PROMPTS[1], range(1, n + 1),
+        temperature=temperature, top_p=top_p,
+    )  # fmt: skip
+    assert set(got) <= set(nucleus), set(got) - set(nucleus)
+    for text, p in nucleus.items():  # each in proportion, within 4 sigma
+        sigma = (n * p * (1 - p)) ** 0.5
+        assert abs(got.count(text) - n * p) <= 4 * sigma, (text, got.count(text), p)
+
+    without = sample_first_tokens(
+        client, server, PROMPTS[1], range(1, 41), temperature=temperature
+    )
+    assert set(without) - set(nucleus)  # top_p=1 reaches past the nucleus
+
+
+def late_stop(text: str) -> str:
+    """A 4-character stop string whose first occurrence is past a third of
+    `text`, so the expected cut leaves real text before it."""
+    for start in range(len(text) // 3, len(text) - 4):
+        stop = text[start : start + 4]
+        if text.index(stop) == start:
+            return stop
+    raise AssertionError(f"no stop string occurs late in {text!r}")
+
+
 def test_stop_string_ends_generation(client, server, greedy, tokenizer):
     ids = tokenizer(PROMPTS[1]).input_ids
     full, _, _ = greedy(ids, 12)
-    stop = full.split()[2]  # a word the model will produce
+    stop = late_stop(full)
     result = complete(client, server, PROMPTS[1], 12, stop=[stop])
     choice = result.choices[0]
     assert choice.finish_reason == "stop"
-    assert full.startswith(choice.text)
-    assert stop not in choice.text
+    assert choice.text == full[: full.index(stop)]
     assert result.usage.completion_tokens < 12
 
 
 def test_stop_strings_stream_like_non_streaming(client, server, greedy, tokenizer):
     ids = tokenizer(PROMPTS[2]).input_ids
     full, _, _ = greedy(ids, 16)
-    stops = [full.split()[3], "zzz"]
+    stops = [late_stop(full), "zzz"]
     whole = complete(client, server, PROMPTS[2], 16, stop=stops).choices[0]
     chunks = list(complete(client, server, PROMPTS[2], 16, stop=stops, stream=True))
     streamed = "".join(c.choices[0].text for c in chunks if c.choices)
@@ -234,7 +304,7 @@ def test_stop_strings_stream_like_non_streaming(client, server, greedy, tokenize
     messages = [{"role": "user", "content": PROMPTS[2]}]
     chat_ids = chat_prompt(tokenizer, messages)
     full, _, _ = greedy(chat_ids, 16)
-    stop = full.split()[2]
+    stop = late_stop(full)
     whole = client.chat.completions.create(
         model=server.model, messages=messages, max_tokens=16, temperature=0, stop=stop
     ).choices[0]
@@ -392,9 +462,16 @@ def test_bad_request_is_refused_and_server_keeps_serving(
     assert complete(client, server, PROMPTS[0], 6).choices[0].text == expected
 
 
-def test_shutdown_leaves_no_processes(server):
-    assert server.healthy()
-    pgid = server.process.pid
-    server.stop()
-    assert server.process.returncode is not None
+def test_shutdown_leaves_no_processes(checkpoints, tmp_path):
+    """Its own server (the module's stays up for the other tests)."""
+    srv = MaxServe(
+        checkpoints["distilgpt2"], ["--devices", "cpu"], log_path=tmp_path / "log"
+    )
+    srv.start()
+    try:
+        assert srv.healthy()
+    finally:
+        pgid = srv.process.pid
+        srv.stop()
+    assert srv.process.returncode is not None
     assert not group_alive(pgid)

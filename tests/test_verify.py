@@ -1,10 +1,11 @@
 """`gpt2-max verify`: PASS on good checkpoints, FAIL with the cause otherwise.
 
 The broken implementations are the mistakes guides for MAX have
-recommended: position embeddings left out, GPT-2's square `attn.c_proj`
-Conv1D weight used without its transpose (its shape cannot tell), and a
-gated MLP built from `c_fc` in place of GPT-2's two-layer MLP. Each must be
-caught with the first differing token reported.
+recommended (position embeddings left out, GPT-2's square `attn.c_proj`
+Conv1D weight used without its transpose, a gated MLP built from `c_fc`),
+and the ones a fused kernel makes (a bias ignored, norms swapped or
+skipped, a norm's weight and bias swapped). Each must be caught with the
+first differing token reported.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from max.graph import ops
 from max.graph.weights import WeightData, WeightsFormat
 from safetensors.torch import load_file, save_file
 
+from gpt2_lmhead_model import gpt2 as gpt2_module
 from gpt2_lmhead_model import gpt2_arch
 from gpt2_lmhead_model.gpt2 import GPT2, GPT2MLP
 from gpt2_lmhead_model.weight_adapters import convert_safetensor_state_dict
@@ -147,22 +149,104 @@ def test_missing_position_embeddings_fail(checkpoints, monkeypatch):
     assert_fails_with_first_token(checkpoints["variant"])
 
 
-def test_untransposed_square_c_proj_fails(checkpoints):
+def with_weights_edited(edit):
+    """The architecture with `edit` applied to the graph's float32 weights
+    after the real adapter: a mistake made in how a weight is used, injected
+    in the weight itself so the compiled graph is reused."""
+
     def adapter(state_dict, huggingface_config, pipeline_config, **kwargs):
         weights = convert_safetensor_state_dict(
             state_dict, huggingface_config, pipeline_config
         )
-        for name, w in weights.items():
-            if name.endswith("attn.c_proj.weight"):  # undo the Conv1D transpose
-                weights[name] = WeightData.from_numpy(
-                    np.ascontiguousarray(np.from_dlpack(w.data).T), name
-                )
-        return weights
+        arrays = {name: np.from_dlpack(w.data).copy() for name, w in weights.items()}
+        edit(arrays)
+        return {
+            name: WeightData.from_numpy(np.ascontiguousarray(a), name)
+            for name, a in arrays.items()
+        }
 
-    arch = dataclasses.replace(
+    return dataclasses.replace(
         gpt2_arch, weight_adapters={WeightsFormat.safetensors: adapter}
     )
-    assert_fails_with_first_token(checkpoints["variant"], arch)
+
+
+def _each(pattern, edit):
+    def apply(arrays):
+        names = [n for n in arrays if re.fullmatch(pattern, n)]
+        assert names, pattern  # the mistake must touch something
+        for name in names:
+            edit(arrays, name)
+
+    return apply
+
+
+def _zero(arrays, name):
+    arrays[name][...] = 0
+
+
+def _swap(arrays, a, b):
+    arrays[a], arrays[b] = arrays[b].copy(), arrays[a].copy()
+
+
+def _swap_norms(arrays, ln_1_weight):
+    for kind in ("weight", "bias"):
+        _swap(
+            arrays,
+            ln_1_weight.replace("weight", kind),
+            ln_1_weight.replace("ln_1.weight", f"ln_2.{kind}"),
+        )
+
+
+def _identity_affine(arrays, weight):
+    arrays[weight][...] = 1
+    arrays[weight.removesuffix("weight") + "bias"][...] = 0
+
+
+def _swap_weight_and_bias(arrays, weight):
+    _swap(arrays, weight, weight.removesuffix("weight") + "bias")
+
+
+# Mistakes in how a weight is used. With transformers' default init (biases
+# 0, LayerNorms the identity) the first four give the same logits as the
+# real code; the fixtures' informative biases and norms must expose each.
+WEIGHT_MISTAKES = {
+    "c_attn.bias ignored": _each(r"h\.\d+\.attn\.c_attn\.bias", _zero),
+    "attn c_proj.bias ignored": _each(r"h\.\d+\.attn\.c_proj\.bias", _zero),
+    "mlp c_fc.bias ignored": _each(r"h\.\d+\.mlp\.c_fc\.bias", _zero),
+    "mlp c_proj.bias ignored": _each(r"h\.\d+\.mlp\.c_proj\.bias", _zero),
+    "ln_1 and ln_2 swapped": _each(r"h\.\d+\.ln_1\.weight", _swap_norms),
+    "ln_f gain and bias ignored": _each(r"ln_f\.weight", _identity_affine),
+    "norm weight and bias swapped": _each(
+        r"(h\.\d+\.ln_[12]|ln_f)\.weight", _swap_weight_and_bias
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", list(WEIGHT_MISTAKES))
+def test_weight_use_mistake_fails(checkpoints, mistake):
+    assert_fails_with_first_token(
+        checkpoints["variant"], with_weights_edited(WEIGHT_MISTAKES[mistake])
+    )
+
+
+def test_untransposed_square_c_proj_fails(checkpoints):
+    def untranspose(arrays, name):  # undo the Conv1D transpose
+        arrays[name] = arrays[name].T
+
+    assert_fails_with_first_token(
+        checkpoints["variant"],
+        with_weights_edited(_each(r"h\.\d+\.attn\.c_proj\.weight", untranspose)),
+    )
+
+
+def test_skipped_final_norm_fails(checkpoints, monkeypatch):
+    real = gpt2_module.logits_postprocess
+
+    def without_ln_f(*args, **kwargs):
+        return real(*args, **{**kwargs, "norm": lambda x: x})
+
+    monkeypatch.setattr(gpt2_module, "logits_postprocess", without_ln_f)
+    assert_fails_with_first_token(checkpoints["variant"])
 
 
 def test_gated_mlp_fails(checkpoints, monkeypatch):
