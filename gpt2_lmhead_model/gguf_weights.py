@@ -31,6 +31,8 @@ from .weight_adapters import (
     CheckpointMismatch,
     Dims,
     graph_weight_shapes,
+    pack_panel_weights,
+    panel_target,
     pipeline_target,
     refuse_mismatches,
     transpose,
@@ -265,4 +267,5 @@ def convert_gguf_state_dict(
         raise CheckpointMismatch("GGUF file holds no tensors")
     check_metadata(metadata_of(weights[0]._reader), huggingface_config)  # type: ignore[attr-defined]
     tensors = {name: w._raw_tensor() for name, w in state_dict.items()}  # type: ignore[attr-defined]
-    return adapt_tensors(tensors, huggingface_config, dtype, head_in_out)
+    adapted = adapt_tensors(tensors, huggingface_config, dtype, head_in_out)
+    return pack_panel_weights(adapted) if panel_target(pipeline_config) else adapted

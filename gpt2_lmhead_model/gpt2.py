@@ -37,6 +37,9 @@ from max.pipelines.lib.interfaces.batch_processor import (
     ragged_kv_symbolic_input_tree,
 )
 
+from .kernels.panel_linear import panel_linear
+from .kernels.panel_matmul import panel_matmul
+from .kernels.panels import ACT_NONE, FUSED_ACTIVATIONS, PANEL, panel_count
 from .model_config import GPT2Config
 
 Activation = Callable[[TensorValue], TensorValue]
@@ -144,8 +147,8 @@ class GPT2Attention(Module):
                 n_heads=self.n_head,
                 bias=self.c_attn.bias.to(x.device),
             )
-        # A ggml-quantized c_attn has no fused cache-writing kernel: project,
-        # then store K and V with MAX's paged-cache store ops.
+        # A ggml-quantized or panel-kernel c_attn has no fused cache-writing
+        # kernel: project, then store K and V with MAX's paged-cache store ops.
         qkv = self.c_attn(x)
         heads = (-1, self.n_head, self.kv_params.head_dim)
         q, k, v = (qkv[:, i * self.n_embd : (i + 1) * self.n_embd] for i in range(3))
@@ -164,11 +167,19 @@ class GPT2MLP(Module):
     def __init__(self, config: GPT2Config, layer_idx: int) -> None:
         super().__init__()
         prefix = f"h.{layer_idx}.mlp."
-        self.c_fc = linear(config, prefix + "c_fc", config.n_embd, config.n_inner)
+        self.c_fc = linear(
+            config,
+            prefix + "c_fc",
+            config.n_embd,
+            config.n_inner,
+            activation=config.activation_function,
+        )
         self.c_proj = linear(config, prefix + "c_proj", config.n_inner, config.n_embd)
         self.act = ACTIVATIONS[config.activation_function]
 
     def __call__(self, x: TensorValue) -> TensorValue:
+        if isinstance(self.c_fc, PanelLinear):  # the activation is inside
+            return self.c_proj(self.c_fc(x))
         return self.c_proj(self.act(self.c_fc(x)))
 
 
@@ -237,14 +248,56 @@ class QuantizedLinear(Module):
         return y if self.bias is None else y + self.bias.to(x.device)
 
 
+class PanelLinear(Module):
+    """`act(x @ W + b)` through the `panel_linear` Mojo kernel (CPU,
+    float32), `W` packed in panels at load (`pack_panel_weights`).
+
+    GPT-2's GELUs run fused in the kernel; any other activation as a graph
+    op after it.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        config: GPT2Config,
+        activation: str | None = None,
+    ) -> None:
+        super().__init__()
+        device = config.devices[0]
+        self.activation = activation
+        self.weight = Weight(
+            "weight",
+            DType.float32,
+            (panel_count(out_dim), in_dim, PANEL),
+            device=device,
+        )
+        self.bias = Weight("bias", DType.float32, (out_dim,), device=device)
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        fused = FUSED_ACTIVATIONS.get(self.activation or "", ACT_NONE)
+        y = panel_linear(x, self.weight.to(x.device), self.bias.to(x.device), fused)
+        if self.activation is not None and fused == ACT_NONE:
+            y = ACTIVATIONS[self.activation](y)
+        return y
+
+
 def linear(
-    config: GPT2Config, name: str, in_dim: int, out_dim: int
-) -> Linear | QuantizedLinear:
+    config: GPT2Config,
+    name: str,
+    in_dim: int,
+    out_dim: int,
+    activation: str | None = None,
+) -> Linear | QuantizedLinear | PanelLinear:
     """A biased projection: ggml-quantized if the checkpoint stores `name`
-    so, else MAX's `Linear`."""
+    so, else the panel kernel on CPU float32, else MAX's `Linear`.
+    `activation` is applied only by a `PanelLinear`; callers apply it to
+    the others."""
     encoding = config.quantized_weights.get(name + ".weight")
     if encoding is not None:
         return QuantizedLinear(in_dim, out_dim, encoding, config)
+    if config.panel_kernels:
+        return PanelLinear(in_dim, out_dim, config, activation)
     return Linear(in_dim, out_dim, config.dtype, config.devices[0], has_bias=True)
 
 
@@ -265,6 +318,24 @@ class LMHead(Module):
         return x @ self.weight.to(x.device)
 
 
+class PanelHead(Module):
+    """The LM head through the `panel_matmul` Mojo kernel (CPU, float32),
+    packed in panels at load; tied or not, it holds its own packed copy."""
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.vocab_size = config.vocab_size
+        self.weight = Weight(
+            "weight",
+            DType.float32,
+            (panel_count(config.vocab_size), config.n_embd, PANEL),
+            device=config.devices[0],
+        )
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        return panel_matmul(x, self.weight.to(x.device), self.vocab_size)
+
+
 class GPT2(Module):
     """GPT2LMHeadModel: embeddings, `n_layer` blocks, final norm, LM head."""
 
@@ -281,9 +352,11 @@ class GPT2(Module):
         self.ln_f = LayerNorm(
             config.n_embd, config.devices, config.dtype, eps=config.layer_norm_epsilon
         )
-        self.lm_head: LMHead | Linear | QuantizedLinear
+        self.lm_head: LMHead | PanelHead | Linear | QuantizedLinear
         head_encoding = config.quantized_weights.get("lm_head.weight")
-        if config.lm_head_in_out:
+        if config.panel_kernels and head_encoding is None:
+            self.lm_head = PanelHead(config)
+        elif config.lm_head_in_out:
             self.lm_head = LMHead(config)
         elif head_encoding is not None:
             self.lm_head = QuantizedLinear(

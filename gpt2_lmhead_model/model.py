@@ -28,6 +28,7 @@ from max.pipelines.lib.memory_estimation import MemoryPlan
 from typing_extensions import override
 
 from .gpt2 import GPT2
+from .kernels import KERNELS_DIR
 from .model_config import CheckpointError, GPT2Config
 
 # The process name `max serve` gives its model worker.
@@ -154,5 +155,6 @@ class GPT2Model(PipelineModelWithKVCache[TextContext, GPT2Config, Model]):
                 "gpt2",
                 self._bind_graph_inputs(gpt2.input_tree()),
                 weights=gpt2.state_dict(),
+                custom_extensions=[KERNELS_DIR] if model_config.panel_kernels else (),
             )
         }

@@ -133,6 +133,10 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
     """Store the LM head `[n_embd, vocab]` and compute `x @ W`: on MAX's CPU
     kernels that GEMV reads the 50257-wide head ~25% faster than the
     `[vocab, n_embd]` layout a `Linear` uses (docs/BENCHMARKS.md)."""
+    panel_kernels: bool = False
+    """Run the float32 matmuls on CPU through this package's Mojo kernels
+    (`kernels/`), with weights packed in panels at load; see
+    `uses_panel_kernels`."""
     return_logits: ReturnLogits = ReturnLogits.LAST_TOKEN
 
     @property
@@ -232,6 +236,7 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
             devices=devices,
             kv_params=kv_params,
             lm_head_in_out=lm_head_in_out(devices, encoding),
+            panel_kernels=uses_panel_kernels(devices, encoding),
         )
 
 
@@ -257,6 +262,15 @@ def lm_head_in_out(devices: list[DeviceRef], encoding: SupportedEncoding) -> boo
     return all(device.is_cpu() for device in devices) and not is_gguf_quantized(
         encoding
     )
+
+
+def uses_panel_kernels(devices: list[DeviceRef], encoding: SupportedEncoding) -> bool:
+    """Whether float matmuls run on the `kernels/` panel kernels: float32
+    weights on CPUs. They stream the weights near memory bandwidth where
+    MAX 26.7's generic CPU matmul reaches about half of it on decode shapes;
+    GPUs and bfloat16 stay on MAX's kernels, ggml-encoded weights on
+    MAX's quantized matmuls."""
+    return all(device.is_cpu() for device in devices) and encoding == "float32"
 
 
 def hyperparameters(hf_config: AutoConfig) -> dict[str, Any]:

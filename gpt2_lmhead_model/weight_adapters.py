@@ -29,6 +29,7 @@ from max.pipelines.lib.config.model_config import _select_quantization_encoding
 from max.pipelines.modeling.config_enums import SupportedEncoding
 from transformers import AutoConfig
 
+from .kernels.panels import pack_panels
 from .model_config import (
     CheckpointError,
     GPT2Config,
@@ -36,6 +37,7 @@ from .model_config import (
     hyperparameters,
     is_gguf_quantized,
     lm_head_in_out,
+    uses_panel_kernels,
     validate_hf_config,
 )
 
@@ -229,12 +231,13 @@ def convert_safetensor_state_dict(
             f"--quantization-encoding {encoding} needs a GGUF file; this "
             "checkpoint is safetensors (write one with `gpt2-max convert`)"
         )
-    return adapt_weights(
+    adapted = adapt_weights(
         {name: weight.data() for name, weight in state_dict.items()},
         huggingface_config,
         dtype,
         head_in_out,
     )
+    return pack_panel_weights(adapted) if panel_target(pipeline_config) else adapted
 
 
 def pipeline_target(
@@ -242,10 +245,43 @@ def pipeline_target(
 ) -> tuple[SupportedEncoding, DType, bool]:
     """What the pipeline asks of an adapter: the encoding, the float dtype
     of unquantized weights, and whether the head is stored `[in, out]`."""
+    encoding, devices = _encoding_and_devices(pipeline_config)
+    return encoding, activation_dtype(encoding), lm_head_in_out(devices, encoding)
+
+
+def panel_target(pipeline_config: PipelineConfig) -> bool:
+    """Whether the graph runs the panel kernels (`uses_panel_kernels`), so
+    an adapter packs the matrices with `pack_panel_weights`."""
+    return uses_panel_kernels(*_encoding_and_devices(pipeline_config)[::-1])
+
+
+def _encoding_and_devices(
+    pipeline_config: PipelineConfig,
+) -> tuple[SupportedEncoding, list[DeviceRef]]:
     model = pipeline_config.model
     encoding = _select_quantization_encoding(model, GPT2Config.DEFAULT_ENCODING)
     devices = [DeviceRef(spec.device_type, spec.id) for spec in model.device_specs]
-    return encoding, activation_dtype(encoding), lm_head_in_out(devices, encoding)
+    return encoding, devices
+
+
+def pack_panel_weights(weights: Mapping[str, WeightData]) -> dict[str, WeightData]:
+    """The float matrices in the panel kernels' layout (`pack_panels`).
+
+    Block matrices arrive `[out, in]` (a `Linear`'s layout), the head
+    `[in, out]` (`lm_head_in_out`); ggml-encoded ones stay as they are.
+    """
+    out = dict(weights)
+    for name, data in weights.items():
+        if data.quantization_encoding is not None:
+            continue
+        if CONV1D_WEIGHTS.match(name):
+            w_in_out = np.from_dlpack(data.data).T
+        elif name == "lm_head.weight":
+            w_in_out = np.from_dlpack(data.data)
+        else:
+            continue
+        out[name] = WeightData.from_numpy(pack_panels(w_in_out), name)
+    return out
 
 
 def adapt_weights(

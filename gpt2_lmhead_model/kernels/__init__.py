@@ -1,0 +1,10 @@
+"""Custom Mojo kernels for the CPU float32 decode path.
+
+This directory is both a Python package (the graph-side wrappers) and the
+Mojo package (`__init__.mojo`) that graphs load through `custom_extensions`.
+"""
+
+from pathlib import Path
+
+KERNELS_DIR = Path(__file__).parent
+"""Pass to `Graph(custom_extensions=[KERNELS_DIR])`."""

@@ -1,0 +1,50 @@
+"""Packing for the panel kernels: every weight lands where the kernel reads it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from max.graph.weights import WeightData
+
+from gpt2_lmhead_model.kernels.panels import PANEL, pack_panels
+from gpt2_lmhead_model.weight_adapters import pack_panel_weights
+
+
+def unpack(packed: np.ndarray, n: int) -> np.ndarray:
+    panels, k, width = packed.shape
+    return packed.transpose(1, 0, 2).reshape(k, panels * width)[:, :n]
+
+
+@pytest.mark.parametrize(("k", "n"), [(1, 1), (5, PANEL), (7, PANEL + 1), (3, 77)])
+def test_pack_panels_layout(k, n):
+    w = np.arange(k * n, dtype=np.float32).reshape(k, n) + 1
+    packed = pack_panels(w)
+    assert packed.shape == (-(-n // PANEL), k, PANEL)
+    assert packed.flags.c_contiguous
+    np.testing.assert_array_equal(unpack(packed, n), w)
+    assert not packed.transpose(1, 0, 2).reshape(k, -1)[:, n:].any()  # zero pad
+    # Panel p, row r, lane j is column p * PANEL + j of row r.
+    p, j = divmod(n - 1, PANEL)
+    assert packed[p, k - 1, j] == w[k - 1, n - 1]
+
+
+def test_adapter_packs_blocks_and_head_only():
+    rng = np.random.default_rng(0)
+    block = rng.standard_normal((40, 9), dtype=np.float32)  # Linear [out, in]
+    head = rng.standard_normal((9, 70), dtype=np.float32)  # [in, out]
+    bias = rng.standard_normal(40, dtype=np.float32)
+    wte = rng.standard_normal((70, 9), dtype=np.float32)
+    weights = {
+        "h.0.mlp.c_fc.weight": WeightData.from_numpy(block, "h.0.mlp.c_fc.weight"),
+        "h.0.mlp.c_fc.bias": WeightData.from_numpy(bias, "h.0.mlp.c_fc.bias"),
+        "lm_head.weight": WeightData.from_numpy(head, "lm_head.weight"),
+        "wte.weight": WeightData.from_numpy(wte, "wte.weight"),
+    }
+    out = pack_panel_weights(weights)
+    fc = np.from_dlpack(out["h.0.mlp.c_fc.weight"].data)
+    np.testing.assert_array_equal(unpack(fc, 40), block.T)
+    np.testing.assert_array_equal(
+        unpack(np.from_dlpack(out["lm_head.weight"].data), 70), head
+    )
+    for name in ("h.0.mlp.c_fc.bias", "wte.weight"):
+        assert out[name] is weights[name]
