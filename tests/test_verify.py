@@ -26,7 +26,12 @@ from safetensors.torch import load_file, save_file
 from gpt2_lmhead_model import gpt2 as gpt2_module
 from gpt2_lmhead_model import gpt2_arch
 from gpt2_lmhead_model.gpt2 import GPT2, GPT2MLP
-from gpt2_lmhead_model.weight_adapters import convert_safetensor_state_dict
+from gpt2_lmhead_model.weight_adapters import (
+    adapt_weights,
+    pack_panel_weights,
+    panel_target,
+    pipeline_target,
+)
 from gpt2_max.verify import FAIL, PASS, UNREADABLE, verify
 
 pytestmark = pytest.mark.slow
@@ -151,19 +156,26 @@ def test_missing_position_embeddings_fail(checkpoints, monkeypatch):
 
 def with_weights_edited(edit):
     """The architecture with `edit` applied to the graph's float32 weights
-    after the real adapter: a mistake made in how a weight is used, injected
-    in the weight itself so the compiled graph is reused."""
+    (before any packing for the kernels): a mistake made in how a weight is
+    used, injected in the weight itself so the compiled graph is reused."""
 
     def adapter(state_dict, huggingface_config, pipeline_config, **kwargs):
-        weights = convert_safetensor_state_dict(
-            state_dict, huggingface_config, pipeline_config
+        _, dtype, head_in_out = pipeline_target(pipeline_config)
+        weights = adapt_weights(
+            {name: w.data() for name, w in state_dict.items()},
+            huggingface_config,
+            dtype,
+            head_in_out,
         )
         arrays = {name: np.from_dlpack(w.data).copy() for name, w in weights.items()}
         edit(arrays)
-        return {
+        weights = {
             name: WeightData.from_numpy(np.ascontiguousarray(a), name)
             for name, a in arrays.items()
         }
+        if panel_target(pipeline_config):
+            return pack_panel_weights(weights)
+        return weights
 
     return dataclasses.replace(
         gpt2_arch, weight_adapters={WeightsFormat.safetensors: adapter}
