@@ -24,6 +24,7 @@ from max.pipelines.lib.graph_specs import GraphRole, GraphSpec
 from max.pipelines.lib.interfaces.batch_processor import (
     SingleReplicaRaggedBatchProcessor,
 )
+from max.pipelines.lib.log_probabilities import LogProbabilitiesMixin
 from max.pipelines.lib.memory_estimation import MemoryPlan
 from typing_extensions import override
 
@@ -74,8 +75,17 @@ class GPT2BatchProcessor(SingleReplicaRaggedBatchProcessor[TextContext, GPT2Inpu
         )
 
 
-class GPT2Model(PipelineModelWithKVCache[TextContext, GPT2Config, Model]):
-    """GPT2LMHeadModel on MAX: one decoder graph over the paged KV cache."""
+class GPT2Model(
+    LogProbabilitiesMixin,
+    PipelineModelWithKVCache[TextContext, GPT2Config, Model],
+):
+    """GPT2LMHeadModel on MAX: one decoder graph over the paged KV cache.
+
+    Log-probabilities come from MAX's `LogProbabilitiesMixin` (as llama3's):
+    generated tokens from the last-token logits; prompt tokens (`echo`)
+    from every position's logits, which the graph returns only when the
+    pipeline asks for `ReturnLogits.ALL` (`--enable-echo`).
+    """
 
     model_config_cls: ClassVar[type[Any]] = GPT2Config
     batch_processor_cls: ClassVar[type[GPT2BatchProcessor]] = GPT2BatchProcessor
