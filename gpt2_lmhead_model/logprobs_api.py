@@ -197,6 +197,9 @@ class CompletionLogprobsLayout:
         self.top_n = int(request.get("logprobs") or 0)
         self.keep_token_ids = bool(request.get("return_token_ids"))
         self.score_only = request.get("max_tokens") == 0
+        # Text cut at a stop string leaves tokens past it to drop (whole
+        # responses only: a stream's tokens are sent before the cut is known).
+        self.cut_at_stop = bool(request.get("stop"))
         self.tokenizer = tokenizer
         self.decode = decode
         self.prompts = _prompts(request.get("prompt"))
@@ -221,6 +224,8 @@ class CompletionLogprobsLayout:
         completion_tokens = 0
         for choice in response.get("choices") or []:
             completion_tokens += self._rewrite_choice(choice)
+            if self.cut_at_stop:
+                _drop_past_text(choice)
         usage = response.get("usage")
         if self.score_only and isinstance(usage, dict):
             usage["completion_tokens"] = completion_tokens
@@ -313,6 +318,23 @@ class CompletionLogprobsLayout:
             "top_logprobs": tops,
             "text_offset": offsets,
         }
+
+
+def _drop_past_text(choice: dict[str, Any]) -> None:
+    """Removes the entries of tokens that start past the end of the text."""
+    logprobs = choice.get("logprobs")
+    if not logprobs:
+        return
+    end = len(choice.get("text") or "")
+    keep = sum(
+        1
+        for offset, value in zip(
+            logprobs["text_offset"], logprobs["token_logprobs"], strict=True
+        )
+        if offset < end or value is None
+    )
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        logprobs[key] = logprobs[key][:keep]
 
 
 class LogprobsMismatch(RuntimeError):

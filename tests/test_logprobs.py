@@ -9,9 +9,13 @@ computed here.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import io
 import math
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import openai
 import pytest
@@ -373,6 +377,21 @@ def test_perplexity_served_and_in_process_equal_transformers(
 
     path = tmp_path / "text.txt"
     path.write_text(text, encoding="utf-8")
+    recipe = _readme_recipe(
+        {
+            '"path/to/checkpoint"': repr(str(checkpoints["variant"])),
+            '"http://localhost:8000/v1"': repr(f"{echo_server.url}/v1"),
+            '"story.txt"': repr(str(path)),
+            "size, stride = 1024, 512": f"size, stride = {size}, {stride}",
+        }
+    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(recipe, {})
+    words = printed.getvalue().split()
+    assert int(words[3]) == len(ids) - 1
+    assert math.isclose(float(words[1]), want, rel_tol=1e-4)
+
     out = subprocess.run(
         [sys.executable, "-m", "gpt2_max.cli", "perplexity", str(path),
          "--model-path", str(checkpoints["variant"]), "--stride", str(stride)],
@@ -381,3 +400,14 @@ def test_perplexity_served_and_in_process_equal_transformers(
     words = out.stdout.split()
     assert words[0] == "perplexity" and int(words[3]) == len(ids) - 1
     assert math.isclose(float(words[1]), want, rel_tol=1e-4)
+
+
+def _readme_recipe(substitutions: dict[str, str]) -> str:
+    """The README's `openai` perplexity recipe, pointed at this test's files."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (recipe,) = [b for b in blocks if "echo=True" in b]
+    for old, new in substitutions.items():
+        assert recipe.count(old) == 1, old
+        recipe = recipe.replace(old, new)
+    return recipe
