@@ -84,8 +84,8 @@ def check_logprobs_fields(
     if request.get("max_tokens") == 0 and not echo:
         return (
             400,
-            "max_tokens 0 generates nothing; it is accepted only with "
-            "echo: true (score the prompt), else use max_tokens >= 1",
+            "max_tokens must be an integer >= 1, got 0 (0 is accepted only "
+            "with echo: true, to score the prompt)",
             "max_tokens",
         )
     if request.get("stream") and request.get("max_tokens") == 0:
