@@ -47,7 +47,14 @@ def _serve(checkpoint, tmp_path_factory, *flags):
 
 @pytest.fixture(scope="module")
 def echo_server(checkpoints, tmp_path_factory):
-    srv = _serve(checkpoints["variant"], tmp_path_factory, "--enable-echo")
+    # Prompts over 64 tokens are prefilled in chunks: echo must span them.
+    srv = _serve(
+        checkpoints["variant"],
+        tmp_path_factory,
+        "--enable-echo",
+        "--max-batch-input-tokens",
+        "64",
+    )
     srv.start()
     yield srv
     srv.stop()
