@@ -174,7 +174,6 @@ class ChoiceLayout:
     """One choice's state while its response (or its stream) is rewritten."""
 
     prompt_text: str
-    echo: bool
     cursor: TextCursor
     started: bool = False
 
@@ -211,7 +210,7 @@ class CompletionLogprobsLayout:
             if not isinstance(prompt, str):
                 prompt = self.decode(list(prompt_ids or prompt or []))
             self.choices[index] = ChoiceLayout(
-                prompt_text=prompt, echo=self.echo, cursor=TextCursor(self.tokenizer)
+                prompt_text=prompt, cursor=TextCursor(self.tokenizer)
             )
         return self.choices[index]
 
