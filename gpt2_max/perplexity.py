@@ -116,6 +116,8 @@ def perplexity(
     from gpt2_lmhead_model import gpt2_arch
 
     size = int(AutoConfig.from_pretrained(str(checkpoint)).n_positions)
+    stride = stride or size // 2
+    windows(len(ids), size, stride)  # bad input fails before the model loads
     PIPELINE_REGISTRY.register(gpt2_arch, allow_override=True)  # type: ignore[arg-type]
     with AutoModel(
         str(checkpoint),
@@ -145,4 +147,4 @@ def perplexity(
                 kv.release(ctx)
             return [None, *log_softmax_rows(logits[:-1], window_ids[1:])]
 
-        return perplexity_of(ids, size, stride or size // 2, score)
+        return perplexity_of(ids, size, stride, score)
