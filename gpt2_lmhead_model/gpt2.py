@@ -32,6 +32,7 @@ from max.nn.kv_cache import KVCacheInputsPerDevice, PagedCacheValues
 from max.nn.layer import LayerList, Module
 from max.nn.linear import Linear
 from max.nn.norm import LayerNorm
+from max.nn.transformer import ReturnLogits
 from max.nn.transformer.transformer import logits_postprocess
 from max.pipelines.lib.interfaces.batch_processor import (
     ragged_kv_symbolic_input_tree,
@@ -383,6 +384,8 @@ class GPT2(Module):
         for idx, block in enumerate(self.h):
             layer_idx = ops.constant(idx, DType.uint32, device=DeviceRef.CPU())
             h = block(layer_idx, h, kv_collection, input_row_offsets)
+        if self.config.return_logits == ReturnLogits.ALL:
+            return self.all_logits(h, input_row_offsets)
         # Only the logits the sampler reads leave the graph (last token per
         # sequence unless the pipeline asks for more).
         return logits_postprocess(
@@ -393,6 +396,16 @@ class GPT2(Module):
             lm_head=self.lm_head,
             return_logits=self.config.return_logits,
         )
+
+    def all_logits(
+        self, h: TensorValue, input_row_offsets: TensorValue
+    ) -> tuple[TensorValue, ...]:
+        """Every position's logits (`--enable-echo`: prompt log-probabilities),
+        and the last token's taken from them: the head runs once per token,
+        as `logits_postprocess` would run it twice for the last ones."""
+        logits = ops.cast(self.lm_head(self.ln_f(h)), DType.float32)
+        last = ops.gather(logits, input_row_offsets[1:] - 1, axis=0)
+        return last, logits, input_row_offsets
 
     def embed(self, tokens: TensorValue, positions: TensorValue) -> TensorValue:
         """h0 = token embedding + learned position embedding."""

@@ -8,7 +8,9 @@ for `/v1/completions` and `/v1/chat/completions`:
 - request bodies are checked first, and a bad one gets a 4xx naming the
   field and the value; anything that passes reaches MAX as sent;
 - with `stop`, each choice's text ends before the first stop string, as
-  OpenAI's API specifies, streaming or not.
+  OpenAI's API specifies, streaming or not;
+- `/v1/completions` log-probabilities and `echo` come back in OpenAI's
+  layout (`logprobs_api.py`).
 It is installed only inside `max serve`, when MAX imports this package.
 """
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from . import logprobs_api
 from .model_config import CheckpointError
 
 COMPLETIONS = "/v1/completions"
@@ -63,9 +66,16 @@ def _reject_constant(name: str) -> Any:
 
 
 def check_request(
-    path: str, body: bytes, served_models: Collection[str]
+    path: str,
+    body: bytes,
+    served_models: Collection[str],
+    echo_enabled: bool = False,
 ) -> dict[str, Any] | RequestError:
-    """The parsed request, or the first thing wrong with it."""
+    """The parsed request, or the first thing wrong with it.
+
+    `echo_enabled`: whether the server computes prompt log-probabilities
+    (`--enable-echo`).
+    """
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -90,11 +100,14 @@ def check_request(
         return RequestError(
             400, f"request body must be a JSON object, got {type(request).__name__}"
         )
-    return _check_fields(path, request, served_models) or request
+    return _check_fields(path, request, served_models, echo_enabled) or request
 
 
 def _check_fields(
-    path: str, request: dict[str, Any], served_models: Collection[str]
+    path: str,
+    request: dict[str, Any],
+    served_models: Collection[str],
+    echo_enabled: bool,
 ) -> RequestError | None:
     model = request.get("model")
     if (
@@ -118,6 +131,8 @@ def _check_fields(
 
     for name in ("max_tokens", "max_completion_tokens"):
         value = request.get(name)
+        if path == COMPLETIONS and name == "max_tokens" and value == 0:
+            continue  # scoring with echo: `logprobs_api` decides
         if value is not None and (not _is_int(value) or value < 1):
             return RequestError(
                 400, f"{name} must be an integer >= 1, got {value!r}", name
@@ -155,7 +170,10 @@ def _check_fields(
         return RequestError(
             400, f"n={n!r} is not supported: one choice per request", "n"
         )
-    return None
+    problem = logprobs_api.check_logprobs_fields(
+        path == CHAT_COMPLETIONS, request, echo_enabled
+    )
+    return RequestError(*problem) if problem else None
 
 
 def _check_prompt(prompt: Any) -> RequestError | None:
@@ -307,23 +325,42 @@ class OpenAIRequestChecks:
             if more and 0 < limit < size:  # MAX's size limit answers this
                 await self.app(scope, _replay(chunks, None, receive, more), send)
                 return
-        checked = check_request(scope["path"], b"".join(chunks), _served(scope))
+        checked = check_request(
+            scope["path"], b"".join(chunks), _served(scope), _echo_enabled(scope)
+        )
         if isinstance(checked, RequestError):
             await _send_error(send, checked)
             return
+        chat = scope["path"] == CHAT_COMPLETIONS
+        streaming = bool(checked.get("stream"))
+        if not chat and logprobs_api.needs_layout(checked):
+            # Outermost: echo must not be searched for stop strings.
+            layout = logprobs_api.CompletionLogprobsLayout(checked, *_tokenizer(scope))
+            send = _rewriting_send(send, layout.response, layout.event, streaming)
+            forwarded = json.dumps(logprobs_api.forwarded_request(checked)).encode()
+            chunks = [forwarded]
+            scope = _with_content_length(scope, len(forwarded))
         stop = checked.get("stop")
         stops = [stop] if isinstance(stop, str) else stop
         if isinstance(stops, list) and stops and all(isinstance(s, str) for s in stops):
-            chat = scope["path"] == CHAT_COMPLETIONS
-            send = _stop_enforcing_send(
-                send, StopStrings(stops), chat, bool(checked.get("stream"))
+            cut = StopStrings(stops)
+            send = _rewriting_send(
+                send,
+                functools.partial(_cut_response, stops=cut, chat=chat),
+                functools.partial(_cut_event, stops=cut, chat=chat),
+                streaming,
             )
         await self.app(scope, _replay(chunks, None, receive), send)
 
 
-def _stop_enforcing_send(
-    send: Any, stops: StopStrings, chat: bool, streaming: bool
+def _rewriting_send(
+    send: Any,
+    rewrite_body: Callable[[bytes], bytes],
+    rewrite_event: Callable[[bytes], bytes | None],
+    streaming: bool,
 ) -> Any:
+    """A `send` that rewrites a 200's JSON body, or each SSE event of it
+    (an event rewritten to None is dropped)."""
     start: dict[str, Any] | None = None
     body = bytearray()
 
@@ -346,7 +383,11 @@ def _stop_enforcing_send(
         if not streaming:
             if more:
                 return
-            cut = _cut_response(bytes(body), stops, chat)
+            try:
+                cut = rewrite_body(bytes(body))
+            except logprobs_api.LogprobsMismatch as e:
+                await _send_error(send, RequestError(500, f"internal error: {e}"))
+                return
             headers = [
                 (k, v) for k, v in start["headers"] if k.lower() != b"content-length"
             ]
@@ -357,9 +398,7 @@ def _stop_enforcing_send(
         events = bytes(body).split(b"\n\n")
         body[:] = b"" if not more else events.pop()
         out = [
-            e
-            for e in (_cut_event(e, stops, chat) for e in events if e.strip())
-            if e is not None
+            e for e in (rewrite_event(e) for e in events if e.strip()) if e is not None
         ]
         payload = b"".join(e + b"\n\n" for e in out)
         if payload or not more:
@@ -383,6 +422,31 @@ async def _send_error(send: Any, error: RequestError) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def _echo_enabled(scope: dict[str, Any]) -> bool:
+    config = getattr(scope["app"].state, "pipeline_config", None)
+    return bool(getattr(getattr(config, "model", None), "enable_echo", False))
+
+
+def _tokenizer(scope: dict[str, Any]) -> tuple[Any, Callable[[list[int]], str]]:
+    """The served model's Hugging Face tokenizer, and its exact decode."""
+    delegate = scope["app"].state.pipeline.tokenizer.delegate
+
+    def decode(ids: list[int]) -> str:
+        return str(
+            delegate.decode(
+                ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+        )
+
+    return delegate, decode
+
+
+def _with_content_length(scope: dict[str, Any], length: int) -> dict[str, Any]:
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(length).encode()))
+    return {**scope, "headers": headers}
 
 
 def _served(scope: dict[str, Any]) -> list[str]:

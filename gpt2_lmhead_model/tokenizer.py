@@ -8,6 +8,7 @@ only when neither the checkpoint nor `--chat-template` provides one.
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Any
 
 from max.pipelines.context import TextContext
@@ -75,4 +76,10 @@ class GPT2Tokenizer(TextTokenizer):
             value = getattr(params, name, None)
             if value is not None and not math.isfinite(value):
                 raise InputError(f"{name} must be a finite number, got {value}")
-        return await super().new_context(request)
+        context = await super().new_context(request)
+        if request.echo and request.logprobs:
+            # Prompt log-probabilities come from the prompt's own forward
+            # pass: a salt no other request shares keeps the prefix cache
+            # from skipping any of it.
+            context.cache_salt = f"{context.cache_salt or ''}echo:{uuid.uuid4()}"
+        return context

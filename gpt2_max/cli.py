@@ -46,6 +46,27 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _perplexity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from .perplexity import perplexity
+
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+        tokenizer = AutoTokenizer.from_pretrained(args.model_path)
+        ids = tokenizer(text)["input_ids"]
+        ppl, scored = perplexity(
+            args.model_path, ids, stride=args.stride, devices=args.devices
+        )
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"perplexity {ppl:.6f} over {scored} tokens")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt2-max", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="q4_k_m: Q4_K, with Q6_K for the head and some ffn_down layers",
     )
     conv.set_defaults(run=_convert)
+
+    ppl = sub.add_parser(
+        "perplexity",
+        help="perplexity of a UTF-8 text file, run on MAX in process: windows "
+        "of n_positions tokens, `--stride` apart, as transformers' guide",
+    )
+    ppl.add_argument("file", help="the text to score")
+    ppl.add_argument(
+        "--model-path", required=True, help="local directory or hub repo id"
+    )
+    ppl.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="tokens between window starts (default n_positions / 2)",
+    )
+    ppl.add_argument("--devices", default="cpu", help="as max serve's --devices")
+    ppl.set_defaults(run=_perplexity)
     return parser
 
 

@@ -50,7 +50,8 @@ class Stepper:
             replica_batches=batch, kv_cache_inputs=self.kv.runtime_inputs(batch)
         )
         start = time.perf_counter()
-        logits = self.model.execute(model_inputs=inputs).logits.to_numpy()
+        outputs = self.model.execute(model_inputs=inputs)
+        logits = outputs.next_token_logits.to_numpy()
         elapsed = time.perf_counter() - start
         return np.array(logits, dtype=np.float32, copy=True), elapsed
 
@@ -76,13 +77,15 @@ def stepper(
     encoding: str = "float32",
     weight_path: str | Path | None = None,
     architecture: object | None = None,
+    enable_echo: bool = False,
 ) -> Iterator[Stepper]:
     """Loads the checkpoint (compiling on a cold cache) and claims the batch.
 
     `weight_path` loads other weights (a GGUF file) than the checkpoint
     directory's, which still supplies `config.json`. `architecture`
     defaults to this package's GPT-2; pass another `SupportedArchitecture`
-    to run a peer or an injected variant.
+    to run a peer or an injected variant. `enable_echo` builds the graph
+    `--enable-echo` serves (every position's logits).
     """
     os.environ.setdefault("MAX_SERVE_DISABLE_TELEMETRY", "1")
     from max.pipelines import PIPELINE_REGISTRY, AutoModel
@@ -96,6 +99,7 @@ def stepper(
         devices=devices,
         quantization_encoding=encoding,
         max_length=max_length,
+        enable_echo=enable_echo,
         **({"weight_path": [str(weight_path)]} if weight_path else {}),
     ) as model:
         batch = Stepper(model.pipeline, prompts, max_length)

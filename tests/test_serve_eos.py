@@ -71,6 +71,9 @@ def test_generation_ends_at_eos(eos_checkpoint, tokenizer, tmp_path):
                 stream=True,
             )
         )
+        scored = client.completions.create(
+            model=srv.model, prompt=PROMPT, max_tokens=20, temperature=0, logprobs=1
+        )
     choice = result.choices[0]
     assert choice.finish_reason == "stop"
     assert choice.text == text
@@ -78,3 +81,9 @@ def test_generation_ends_at_eos(eos_checkpoint, tokenizer, tmp_path):
     assert result.usage.completion_tokens == len(expected)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == text
     assert streamed[-1].choices[0].finish_reason == "stop"
+    # With logprobs, the EOS token is listed last, at the end of the text.
+    logprobs = scored.choices[0].logprobs
+    assert scored.choices[0].text == text
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(expected)
+    assert logprobs.tokens[-1] == "<|endoftext|>"
+    assert logprobs.text_offset[-1] == len(text)
