@@ -76,6 +76,11 @@ def unpack(gguf_path: str | Path, out_dir: str | Path) -> Unpacked:
         {name: _rows_cols(t) for name, t in tensors.items()}, GPT2Config(**config)
     )  # every tensor present and shaped as the metadata says, or refused
 
+    model = metadata.get("tokenizer.ggml.model")
+    if model != "gpt2":
+        raise CheckpointMismatch(
+            f"GGUF tokenizer.ggml.model is {model!r}; GPT-2's BPE is 'gpt2'"
+        )
     tokens = _array(reader, "tokenizer.ggml.tokens")
     if len(tokens) != config["vocab_size"]:
         raise CheckpointMismatch(
@@ -87,11 +92,15 @@ def unpack(gguf_path: str | Path, out_dir: str | Path) -> Unpacked:
         _array(reader, "tokenizer.ggml.token_type", required=False),
         _array(reader, "tokenizer.ggml.merges"),
     )
-    special = {
-        f"{name}_token": tokens[metadata[key]]
-        for name, key in _SPECIAL_IDS.items()
-        if key in metadata
-    }
+    special = {}
+    for name, key in _SPECIAL_IDS.items():
+        if key in metadata:
+            if not 0 <= int(metadata[key]) < len(tokens):
+                raise CheckpointMismatch(
+                    f"GGUF {key}={metadata[key]} is not a token id "
+                    f"(0..{len(tokens) - 1})"
+                )
+            special[f"{name}_token"] = tokens[int(metadata[key])]
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
