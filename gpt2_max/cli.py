@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -64,6 +65,22 @@ def _perplexity(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"perplexity {ppl:.6f} over {scored} tokens")
+    return 0
+
+
+def _unpack(args: argparse.Namespace) -> int:
+    from .gguf_unpack import unpack
+
+    try:
+        unpacked = unpack(args.gguf, args.out)
+    except (OSError, ValueError) as error:  # unreadable, not GPT-2, inconsistent
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.print_flags:
+        print("\n".join(unpacked.serve_flags()))
+    else:
+        flags = " ".join(shlex.quote(f) for f in unpacked.serve_flags())
+        print(f"max serve --custom-architectures gpt2_lmhead_model {flags}")
     return 0
 
 
@@ -136,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ppl.add_argument("--devices", default="cpu", help="as max serve's --devices")
     ppl.set_defaults(run=_perplexity)
+
+    unp = sub.add_parser(
+        "unpack",
+        help="write the config.json and tokenizer files a GGUF file's metadata "
+        "describes into a directory, so max serve can serve the file alone; "
+        "prints the max serve command",
+    )
+    unp.add_argument("gguf", help="a llama.cpp GPT-2 .gguf file")
+    unp.add_argument("out", help="directory to write")
+    unp.add_argument(
+        "--print-flags",
+        action="store_true",
+        help="print only max serve's model flags, one per line (for scripts)",
+    )
+    unp.set_defaults(run=_unpack)
     return parser
 
 

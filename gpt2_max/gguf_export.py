@@ -12,7 +12,6 @@ so that a loader can honour or refuse them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from gpt2_lmhead_model.model_config import hyperparameters, validate_hf_config
 from gpt2_lmhead_model.weight_adapters import plan_weights
 
 from .gguf_quants import quantize
+from .tokenizer_files import EOT, read_tokenizer, tokens_by_id
 
 ENCODINGS = ("f32", "q4_0", "q4_k", "q6_k", "q4_k_m")
 
@@ -47,14 +47,14 @@ _MATRIX_TYPES = {
 }
 
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GPT2]
-EOT = "<|endoftext|>"
 
 
 def write_gguf(checkpoint_dir: Path, out_path: Path, encoding: str) -> Path:
     """Converts a GPT-2 checkpoint directory to a GGUF file; returns its path.
 
-    Reads `config.json`, every `*.safetensors` file and the tokenizer's
-    `vocab.json` / `merges.txt`. `encoding` is one of `ENCODINGS`.
+    Reads `config.json`, every `*.safetensors` file and the tokenizer
+    (`vocab.json` / `merges.txt`, or `tokenizer.json`). `encoding` is one
+    of `ENCODINGS`.
     """
     if encoding not in ENCODINGS:
         raise ValueError(
@@ -221,40 +221,9 @@ def _read_tokenizer(
     checkpoint_dir: Path, vocab_size: int
 ) -> tuple[list[str], list[gguf.TokenType], list[str], int]:
     """(tokens in id order, their types, BPE merges, the `<|endoftext|>` id),
-    as llama.cpp's converter reads a GPT-2 tokenizer: ids the tokenizer lacks
-    up to `vocab_size` become `[PAD{id}]` (user-defined) tokens."""
-    vocab: dict[str, int] = json.loads(
-        (checkpoint_dir / "vocab.json").read_text(encoding="utf-8")
-    )
-    by_id = {i: token for token, i in vocab.items()}
-    if len(by_id) != len(vocab) or max(by_id) >= vocab_size:
-        raise ValueError(
-            f"vocab.json holds ids up to {max(by_id)} (some repeated) or beyond "
-            f"config.json's vocab_size {vocab_size}"
-        )
-    if EOT not in vocab:
-        raise ValueError(f"vocab.json has no {EOT} token")
-    tokens, types = [], []
-    for i in range(vocab_size):
-        token = by_id.get(i)
-        if token is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(token)
-            types.append(
-                gguf.TokenType.CONTROL if token == EOT else gguf.TokenType.NORMAL
-            )
-
-    # As gguf.SpecialVocab reads merges.txt: a leading '#version' line is
-    # skipped, every other non-empty line is two space-separated tokens.
-    merges = []
-    text = (checkpoint_dir / "merges.txt").read_text(encoding="utf-8")
-    for number, line in enumerate(text.split("\n"), start=1):
-        parts = line.split()
-        if not parts or (number == 1 and line.startswith("#")):
-            continue
-        if len(parts) != 2:
-            raise ValueError(f"merges.txt line {number} is not two tokens: {line!r}")
-        merges.append(f"{parts[0]} {parts[1]}")
-    return tokens, types, merges, vocab[EOT]
+    from `vocab.json` / `merges.txt` or `tokenizer.json`."""
+    tokenizer = read_tokenizer(checkpoint_dir)
+    if EOT not in tokenizer.vocab:
+        raise ValueError(f"the tokenizer in {checkpoint_dir} has no {EOT} token")
+    tokens, types = tokens_by_id(tokenizer, vocab_size)
+    return tokens, types, tokenizer.merges, tokenizer.vocab[EOT]

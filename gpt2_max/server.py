@@ -36,13 +36,16 @@ class MaxServe:
         log_path: str | Path | None = None,
         custom_architectures: str = "gpt2_lmhead_model",
         env: dict[str, str] | None = None,
+        unset_env: Sequence[str] = (),
+        cwd: str | Path | None = None,
+        max_executable: str = "max",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = str(model_path)
         arch = ["--custom-architectures", custom_architectures]
         self.args = [
-            "max", "serve",
+            max_executable, "serve",
             "--model-path", self.model,
             "--host", "127.0.0.1",
             "--port", str(self.port),
@@ -51,6 +54,9 @@ class MaxServe:
         ]  # fmt: skip
         self.log_path = Path(log_path) if log_path else None
         self.env = {**os.environ, **SERVE_ENV, **(env or {})}
+        for name in unset_env:
+            self.env.pop(name, None)
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
 
@@ -62,6 +68,7 @@ class MaxServe:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
+            cwd=self.cwd,
             start_new_session=True,
         )
         while time.monotonic() - started < timeout:
