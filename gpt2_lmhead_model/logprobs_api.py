@@ -28,6 +28,8 @@ from typing import Any
 
 from max.pipelines.lib.log_probabilities import _MAX_TOP_LOGPROBS
 
+from . import sse
+
 MAX_TOP_LOGPROBS = _MAX_TOP_LOGPROBS
 ENABLE_ECHO_FLAG = "--enable-echo"
 
@@ -233,16 +235,12 @@ class CompletionLogprobsLayout:
 
     def event(self, event: bytes) -> bytes:
         """One SSE event of a stream, rewritten."""
-        prefix = b"data: "
-        if not event.startswith(prefix) or event[len(prefix) :].strip() == b"[DONE]":
-            return event
-        try:
-            chunk = json.loads(event[len(prefix) :])
-        except ValueError:
+        chunk = sse.chunk_of(event)
+        if chunk is None:
             return event
         for choice in chunk.get("choices") or []:
             self._rewrite_choice(choice)
-        return prefix + json.dumps(chunk).encode()
+        return sse.event_of(chunk)
 
     def _rewrite_choice(self, choice: dict[str, Any]) -> int:
         """Rewrites one choice (or one streamed piece of it) in place; the

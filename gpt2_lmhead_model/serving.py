@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from . import logprobs_api
+from . import logprobs_api, sse
 from .model_config import CheckpointError
 
 COMPLETIONS = "/v1/completions"
@@ -265,12 +265,8 @@ def _cut_response(body: bytes, stops: StopStrings, chat: bool) -> bytes:
 
 def _cut_event(event: bytes, stops: StopStrings, chat: bool) -> bytes | None:
     """One SSE event with stop strings applied; None drops it."""
-    prefix = b"data: "
-    if not event.startswith(prefix) or event[len(prefix) :].strip() == b"[DONE]":
-        return event
-    try:
-        chunk = json.loads(event[len(prefix) :])
-    except ValueError:
+    chunk = sse.chunk_of(event)
+    if chunk is None:
         return event  # not a completion chunk: nothing to cut
     choices = chunk.get("choices") or []
     kept = []
@@ -294,7 +290,7 @@ def _cut_event(event: bytes, stops: StopStrings, chat: bool) -> bytes | None:
     if choices and not kept:
         return None
     chunk["choices"] = kept
-    return prefix + json.dumps(chunk).encode()
+    return sse.event_of(chunk)
 
 
 class OpenAIRequestChecks:

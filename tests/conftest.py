@@ -64,3 +64,29 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
             root / "variant", "variant", seed=1, layout="transformers"
         ),
     }
+
+
+def served_greedy_matches_transformers(server, checkpoint, tokenizer, prompt, n=12):
+    """A greedy completion from `server` equals transformers' on `checkpoint`;
+    returns the completion for further checks."""
+    import openai
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    with server:  # cold compile included
+        client = openai.OpenAI(
+            base_url=f"{server.url}/v1", api_key="unused", max_retries=0
+        )
+        result = client.completions.create(
+            model=server.model, prompt=prompt, max_tokens=n, temperature=0
+        )
+    model = GPT2LMHeadModel.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=50256)
+    expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    # The server holds back a character whose bytes are not all generated yet.
+    assert result.choices[0].text == expected.rstrip("\ufffd")
+    assert result.usage.prompt_tokens == ids.shape[1]
+    assert result.usage.completion_tokens == n
+    return result

@@ -5,10 +5,7 @@ checkpoint the file came from. The checkpoint has only `tokenizer.json`
 
 from __future__ import annotations
 
-import openai
 import pytest
-import torch
-from transformers import GPT2LMHeadModel
 
 from gpt2_max.gguf_export import write_gguf
 from gpt2_max.gguf_unpack import unpack
@@ -19,7 +16,7 @@ from gpt2_max.parity import (
 )
 from gpt2_max.server import MaxServe
 
-from .conftest import prompts_for_window
+from .conftest import prompts_for_window, served_greedy_matches_transformers
 from .test_tokenizer_files import tokenizer_json_only
 
 pytestmark = pytest.mark.slow
@@ -63,21 +60,4 @@ def test_bare_gguf_serves_its_source_checkpoints_completion(bare, tokenizer, tmp
         [*unpacked.serve_flags()[2:], "--devices", "cpu"],
         log_path=tmp_path / "max-serve.log",
     )
-    with server:
-        client = openai.OpenAI(
-            base_url=f"{server.url}/v1", api_key="unused", max_retries=0
-        )
-        result = client.completions.create(
-            model=server.model, prompt=PROMPT, max_tokens=12, temperature=0
-        )
-    model = GPT2LMHeadModel.from_pretrained(source, dtype=torch.float32).eval()
-    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
-    with torch.inference_mode():
-        out = model.generate(
-            ids, max_new_tokens=12, do_sample=False, pad_token_id=50256
-        )
-    expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    # The server holds back a character whose bytes are not all generated yet.
-    assert result.choices[0].text == expected.rstrip("\ufffd")
-    assert result.usage.prompt_tokens == ids.shape[1]
-    assert result.usage.completion_tokens == 12
+    served_greedy_matches_transformers(server, source, tokenizer, PROMPT)
