@@ -20,10 +20,14 @@ from typing import Any
 from gpt2_lmhead_model import gpt2_arch
 from gpt2_max.checkpoints import PRESETS, write_checkpoint
 from gpt2_max.gguf_export import write_gguf
-from gpt2_max.server import MaxServe
+from gpt2_max.server import MaxServe, ServerProcess
 
-from . import ceilings, engine, peers, report
+from . import ceilings, engine, peer_llama_cpp, peer_venv, peer_vllm, peers, report
 from .load import LevelResult, run_level
+from .peer_venv import PeerUnavailable
+from .peer_vllm import VllmServe
+
+PEERS = ("llama.cpp", "vllm")
 
 TEXT = (
     "The harbour was quiet in the early morning, and the fishing boats rocked "
@@ -74,6 +78,32 @@ def level_summary(level: LevelResult) -> dict[str, Any]:
     }
 
 
+def measure_levels(
+    srv: ServerProcess,
+    name: str,
+    tokenizer: Any,
+    levels: list[int],
+    max_tokens: int,
+    ttft_lengths: list[int],
+) -> dict[str, Any]:
+    """Streams at each concurrency level, then time to first token alone."""
+    run_level(srv.url, srv.model, prompts(tokenizer, 2, 16), 4)  # warm-up
+    results = []
+    for n in levels:
+        level = run_level(srv.url, srv.model, prompts(tokenizer, n, 32), max_tokens)
+        results.append(level_summary(level))
+        tps = results[-1]["tokens_per_second"]
+        print(f"[{name}] {n} streams: {tps:.1f} tok/s", flush=True)
+    ttft = {}
+    for length in ttft_lengths:
+        times = [
+            run_level(srv.url, srv.model, [p], 2).streams[0].ttft
+            for p in prompts(tokenizer, 5, length)
+        ]
+        ttft[str(length)] = statistics.median(times)
+    return {"levels": results, "ttft_seconds": ttft}
+
+
 def serve_and_measure(
     name: str,
     checkpoint: Path,
@@ -108,28 +138,50 @@ def serve_and_measure(
             env=env,
         ) as srv:
             startup["warm"] = srv.startup_seconds or 0.0
-            run_level(srv.url, srv.model, prompts(tokenizer, 2, 16), 4)  # warm-up
-            results = []
-            for n in levels:
-                level = run_level(
-                    srv.url, srv.model, prompts(tokenizer, n, 32), max_tokens
-                )
-                results.append(level_summary(level))
-                tps = results[-1]["tokens_per_second"]
-                print(f"[{name}] {n} streams: {tps:.1f} tok/s", flush=True)
-            ttft = {}
-            for length in ttft_lengths:
-                times = [
-                    run_level(srv.url, srv.model, [p], 2).streams[0].ttft
-                    for p in prompts(tokenizer, 5, length)
-                ]
-                ttft[str(length)] = statistics.median(times)
-    return {
-        "levels": results,
-        "ttft_seconds": ttft,
-        "startup_seconds": startup,
-        "args": args,
-    }
+            measured = measure_levels(
+                srv, name, tokenizer, levels, max_tokens, ttft_lengths
+            )
+    return {**measured, "startup_seconds": startup, "args": args}
+
+
+def measure_vllm(
+    checkpoint: Path,
+    out: Path,
+    tokenizer: Any,
+    levels: list[int],
+    max_tokens: int,
+    ttft_lengths: list[int],
+    peers_dir: Path,
+) -> dict[str, Any]:
+    """vLLM CPU serving the float32 checkpoint, or why it could not."""
+    try:
+        python = peer_vllm.install(peers_dir)
+        print("[vllm] start", flush=True)
+        with VllmServe(
+            python, checkpoint, max_num_seqs=max(levels), log_path=out / "vllm.log"
+        ) as srv:
+            measured = measure_levels(
+                srv, "vllm", tokenizer, levels, max_tokens, ttft_lengths
+            )
+            startup = srv.startup_seconds or 0.0
+    except (PeerUnavailable, RuntimeError, TimeoutError) as e:
+        why = peer_vllm.failure(out / "vllm.log") or str(e)[-500:]
+        print(f"[vllm] skipped: {why}", flush=True)
+        return {"skipped": why}
+    return {**measured, "startup_seconds": {"warm": startup}}
+
+
+def measure_llama_cpp(
+    files: dict[str, Path], peers_dir: Path, threads: int
+) -> dict[str, Any]:
+    """llama.cpp in process on each GGUF, or why it could not run."""
+    try:
+        python = peer_llama_cpp.install(peers_dir)
+    except PeerUnavailable as e:
+        print(f"[llama.cpp] skipped: {e}", flush=True)
+        return {label: {"skipped": str(e)} for label in files}
+    print(f"[llama.cpp] {', '.join(files)}", flush=True)
+    return peer_llama_cpp.measure(python, files, threads=threads)
 
 
 def measure_gguf(
@@ -142,10 +194,7 @@ def measure_gguf(
 ) -> dict[str, Any]:
     """Ours on the checkpoint converted to a GGUF `encoding`: one and many
     streams served, and the engine alone."""
-    # Absolute: MAX resolves a relative --weight-path inside --model-path.
-    path = write_gguf(
-        checkpoint, out / "checkpoints" / f"{checkpoint.name}-{encoding}.gguf", encoding
-    ).resolve()
+    path = write_gguf_once(checkpoint, out, encoding)
     args = [
         "--devices",
         "cpu",
@@ -177,6 +226,50 @@ def measure_gguf(
     return result
 
 
+def measure_xl(
+    out: Path, encodings: list[str], peers: list[str], peers_dir: Path, threads: int
+) -> dict[str, Any]:
+    """GPT-2 XL shape, one stream, engine alone: ours and llama.cpp on the
+    same files. Where bandwidth matters most: 6.2 GB of float32 per token."""
+    checkpoint = out / "checkpoints" / "gpt2-xl"
+    if not (checkpoint / "config.json").exists():
+        print("[xl] writing a gpt2-xl-shaped checkpoint", flush=True)
+        write_checkpoint(checkpoint, "gpt2-xl")
+    files = {
+        encoding: write_gguf_once(checkpoint, out, encoding) for encoding in encodings
+    }
+    result: dict[str, Any] = {
+        "weight_bytes_per_token": {
+            encoding: ceilings.gguf_matmul_bytes(path)
+            for encoding, path in files.items()
+        }
+    }
+    ours: dict[str, Any] = {}
+    for encoding, path in files.items():
+        print(f"[xl] ours engine alone, {encoding}", flush=True)
+        ours[encoding] = engine.decode_tokens_per_second(
+            checkpoint,
+            1,
+            encoding="float32" if encoding == "f32" else encoding,
+            weight_path=None if encoding == "f32" else path,
+            steps=24,
+            warmup=3,
+        )
+    result["ours"] = ours
+    if "llama.cpp" in peers:
+        result["llama.cpp"] = measure_llama_cpp(files, peers_dir, threads)
+    return result
+
+
+def write_gguf_once(checkpoint: Path, out: Path, encoding: str) -> Path:
+    # Absolute: MAX resolves a relative --weight-path inside --model-path.
+    path = (out / "checkpoints" / f"{checkpoint.name}-{encoding}.gguf").resolve()
+    if not path.exists():
+        print(f"[gguf] writing {path.name}", flush=True)
+        write_gguf(checkpoint, path, encoding)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -194,6 +287,24 @@ def main() -> None:
         help="GGUF encodings to measure next to float32, comma-separated "
         "(default q4_0,q4_k,q6_k; --quick: q4_0; '' for none)",
     )
+    parser.add_argument(
+        "--peers",
+        default=None,
+        help="peers installed in their own venvs and measured, comma-separated "
+        f"(default {','.join(PEERS)}; --quick: none; '' for none)",
+    )
+    parser.add_argument(
+        "--peers-dir",
+        type=Path,
+        default=peer_venv.PEERS_DIR,
+        help="where the peers' venvs are created and reused",
+    )
+    parser.add_argument(
+        "--no-xl",
+        action="store_true",
+        help="skip the GPT-2 XL shape (writes a 6.2 GB checkpoint; on by default "
+        "except with --quick)",
+    )
     opts = parser.parse_args()
 
     os.environ.setdefault("MAX_SERVE_DISABLE_TELEMETRY", "1")
@@ -208,13 +319,12 @@ def main() -> None:
     hf_batches = [1, 2] if opts.quick else [1, 4, 16, 32]
     cold = not (opts.quick or opts.no_cold)
     default_encodings = "q4_0" if opts.quick else "q4_0,q4_k,q6_k"
-    encodings = [
-        e
-        for e in (
-            opts.encodings if opts.encodings is not None else default_encodings
-        ).split(",")
-        if e
-    ]
+    encodings = split_list(opts.encodings, default_encodings)
+    peers_requested = split_list(opts.peers, "" if opts.quick else ",".join(PEERS))
+    unknown = set(peers_requested) - set(PEERS)
+    if unknown:
+        parser.error(f"--peers: unknown {sorted(unknown)}; known: {list(PEERS)}")
+    xl = not (opts.quick or opts.no_xl)
     out: Path = opts.out
     out.mkdir(parents=True, exist_ok=True)
     threads = os.cpu_count() or 1
@@ -248,6 +358,7 @@ def main() -> None:
             "output_tokens": max_tokens,
             "levels": levels,
         },
+        "peers_requested": peers_requested,
     }
     common = ["--devices", "cpu", "--quantization-encoding", "float32"]
     results["ours"] = serve_and_measure(
@@ -275,11 +386,21 @@ def main() -> None:
         ttft_lengths,
         cold,
     )
+    if "vllm" in peers_requested:
+        results["vllm"] = measure_vllm(
+            gpt2, out, tokenizer, levels, max_tokens, ttft_lengths, opts.peers_dir
+        )
+    prefill_tokens = max(ttft_lengths)
     for side, checkpoint in (("ours", gpt2), ("llama", llama)):
         print(f"[{side}] engine alone", flush=True)
         arch = gpt2_arch if side == "ours" else None
         results[side]["engine"] = {
-            str(b): engine.decode_tokens_per_second(checkpoint, b, architecture=arch)
+            str(b): engine.decode_tokens_per_second(
+                checkpoint,
+                b,
+                architecture=arch,
+                prefill_tokens=prefill_tokens if b == 1 else 0,
+            )
             for b in (1, max(levels))
         }
     hf: dict[str, Any] = {}
@@ -294,7 +415,21 @@ def main() -> None:
         encoding: measure_gguf(gpt2, encoding, out, tokenizer, gguf_levels, max_tokens)
         for encoding in encodings
     }
+    if "llama.cpp" in peers_requested:
+        files = {
+            encoding: write_gguf_once(gpt2, out, encoding)
+            for encoding in ["f32", *encodings]
+        }
+        results["llama.cpp"] = measure_llama_cpp(files, opts.peers_dir, threads)
+    if xl:
+        results["xl"] = measure_xl(
+            out, ["f32", "q4_k"], peers_requested, opts.peers_dir, threads
+        )
     print(report.write(results, out))
+
+
+def split_list(value: str | None, default: str) -> list[str]:
+    return [x for x in (value if value is not None else default).split(",") if x]
 
 
 if __name__ == "__main__":

@@ -121,6 +121,181 @@ def gguf_table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _level_tps(side: dict[str, Any] | None, n: int) -> float | None:
+    for level in (side or {}).get("levels", []):
+        if level["concurrency"] == n:
+            return float(level["tokens_per_second"])
+    return None
+
+
+def _engine_tps(side: dict[str, Any] | None, batch: int) -> float | None:
+    engine = (side or {}).get("engine", {}).get(str(batch))
+    return float(engine["tokens_per_second"]) if engine else None
+
+
+def _peer_tps(row: dict[str, Any] | None) -> float | None:
+    return None if not row or "skipped" in row else float(row["tokens_per_second"])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def floors(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 11's floors, each as measured in this run (None: not measured)."""
+    ours, gguf = results["ours"], results.get("gguf") or {}
+    llama_cpp, vllm = results.get("llama.cpp") or {}, results.get("vllm")
+    bandwidth = results["machine"]["read_bandwidth_gbs"] * 1e9
+    ceil = results["ceilings"]
+    many = max(results["workload"]["levels"])
+    q4_k = gguf.get("q4_k")
+    q4_k_fraction = (
+        _engine_tps(q4_k, 1) * q4_k["weight_bytes_per_token"] / bandwidth
+        if q4_k and _engine_tps(q4_k, 1)
+        else None
+    )
+    xl = results.get("xl") or {}
+    rows = [
+        (
+            "engine, 1 stream, float32 / llama.cpp in process",
+            _ratio(_engine_tps(ours, 1), _peer_tps(llama_cpp.get("f32"))),
+            0.95,
+        ),
+        (
+            "engine, 1 stream, float32 / read-bandwidth ceiling",
+            _ratio(_engine_tps(ours, 1), ceil["one_stream_tokens_per_second"]),
+            0.85,
+        ),
+        (
+            "max serve, 1 stream, float32 / llama.cpp in process",
+            _ratio(_level_tps(ours, 1), _peer_tps(llama_cpp.get("f32"))),
+            0.85,
+        ),
+        (
+            f"engine, {many} streams / GEMM ceiling",
+            _ratio(_engine_tps(ours, many), ceil["large_batch_tokens_per_second"]),
+            0.60,
+        ),
+        (
+            f"max serve, {many} streams / vLLM CPU served",
+            _ratio(_level_tps(ours, many), _level_tps(vllm, many)),
+            1.5,
+        ),
+        ("q4_k engine, 1 stream: matmul bytes read / bandwidth", q4_k_fraction, 0.80),
+    ]
+    for encoding in ("f32", "q4_k"):
+        rows.append(
+            (
+                f"GPT-2 XL shape, {encoding}, engine 1 stream / llama.cpp",
+                _ratio(
+                    _peer_tps((xl.get("ours") or {}).get(encoding)),
+                    _peer_tps((xl.get("llama.cpp") or {}).get(encoding)),
+                ),
+                0.9,
+            )
+        )
+    return [
+        {
+            "floor": name,
+            "measured": value,
+            "required": required,
+            "met": None if value is None else value >= required,
+        }
+        for name, value, required in rows
+    ]
+
+
+def floors_table(results: dict[str, Any]) -> str:
+    rows = ["| floor | measured | required | met |", "| --- | ---: | ---: | --- |"]
+    for row in floors(results):
+        met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
+        rows.append(
+            f"| {row['floor']} | {_fmt(row['measured'], 2)} "
+            f"| {_fmt(row['required'], 2)} | {met} |"
+        )
+    return "\n".join(rows)
+
+
+def vllm_table(results: dict[str, Any]) -> str:
+    vllm = results.get("vllm")
+    if not vllm:
+        return ""
+    if "skipped" in vllm:
+        return f"- vLLM CPU: skipped ({vllm['skipped'][:300]})"
+    rows = [
+        "| streams | ours served tok/s | vLLM CPU served tok/s | ours / vLLM |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for level in results["ours"]["levels"]:
+        n = level["concurrency"]
+        theirs = _level_tps(vllm, n)
+        rows.append(
+            f"| {n} | {_fmt(level['tokens_per_second'])} | {_fmt(theirs)} "
+            f"| {_fmt(_ratio(level['tokens_per_second'], theirs), 2)} |"
+        )
+    ttft = ", ".join(
+        f"{k}-token prompt {_fmt(v * 1000, 0)} ms"
+        for k, v in vllm["ttft_seconds"].items()
+    )
+    rows.append(f"\n- vLLM CPU: time to first token {ttft}")
+    return "\n".join(rows)
+
+
+def llama_cpp_table(results: dict[str, Any]) -> str:
+    """One stream in process, ours (engine alone) and llama.cpp, same files."""
+    llama_cpp = results.get("llama.cpp")
+    if not llama_cpp:
+        return ""
+    rows = [
+        "| file | ours engine 1 stream tok/s | llama.cpp 1 stream tok/s "
+        "| ours / llama.cpp | ours served 1 stream / llama.cpp "
+        "| prefill ours / llama.cpp s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    gguf = results.get("gguf") or {}
+    for label, theirs in llama_cpp.items():
+        side = results["ours"] if label == "f32" else gguf.get(label)
+        ours_tps, their_tps = _engine_tps(side, 1), _peer_tps(theirs)
+        if theirs.get("skipped"):
+            why = theirs["skipped"][:120]
+            rows.append(f"| {label} | {_fmt(ours_tps)} | skipped: {why} | | | |")
+            continue
+        ours_prefill = (
+            (side or {}).get("engine", {}).get("1", {}).get("prefill_seconds")
+        )
+        rows.append(
+            f"| {label} | {_fmt(ours_tps)} | {_fmt(their_tps)} "
+            f"| {_fmt(_ratio(ours_tps, their_tps), 2)} "
+            f"| {_fmt(_ratio(_level_tps(side, 1), their_tps), 2)} "
+            f"| {_fmt(ours_prefill, 3)} / {_fmt(theirs['prefill_seconds'], 3)} "
+            f"({theirs['prefill_tokens']} tokens) |"
+        )
+    return "\n".join(rows)
+
+
+def xl_table(results: dict[str, Any]) -> str:
+    xl = results.get("xl")
+    if not xl:
+        return ""
+    bandwidth = results["machine"]["read_bandwidth_gbs"] * 1e9
+    rows = [
+        "| GPT-2 XL shape, 1 stream | MB read / token | ours engine tok/s "
+        "| of bandwidth | llama.cpp tok/s | ours / llama.cpp |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for encoding, per_token in xl["weight_bytes_per_token"].items():
+        ours = _peer_tps(xl["ours"].get(encoding))
+        theirs_row = (xl.get("llama.cpp") or {}).get(encoding)
+        theirs = _peer_tps(theirs_row)
+        rows.append(
+            f"| {encoding} | {_fmt(per_token / 1e6)} | {_fmt(ours, 2)} "
+            f"| {_fmt(_ratio(ours * per_token if ours else None, bandwidth), 2)} "
+            f"| {_fmt(theirs, 2) if theirs_row else 'not run'} "
+            f"| {_fmt(_ratio(ours, theirs), 2)} |"
+        )
+    return "\n".join(rows)
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -131,9 +306,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for name, key, style in (
         ("ours (GPT-2 on MAX)", "ours", "o-"),
         ("MAX Llama, same bytes", "llama", "s--"),
+        ("vLLM CPU", "vllm", "d-."),
     ):
         data = results.get(key)
-        if data:
+        if data and "levels" in data:
             xs = [lv["concurrency"] for lv in data["levels"]]
             ax.plot(
                 xs,
@@ -184,10 +360,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def write(results: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
+    results["floors"] = floors(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = table(results)
-    if results.get("gguf"):
-        text += "\n\n" + gguf_table(results)
+    sections = [
+        table(results),
+        gguf_table(results),
+        vllm_table(results),
+        llama_cpp_table(results),
+        xl_table(results),
+        floors_table(results),
+    ]
+    text = "\n\n".join(x for x in sections if x)
     (out / "table.md").write_text(text + "\n")
     plot(results, out / "throughput.png")
     return text

@@ -61,9 +61,20 @@ VARIANT_CONFIG: dict[str, Any] = {
     "vocab_size": 50304,
 }
 
+# openai-community/gpt2-xl's config.json, as published (1.56 B parameters):
+# the benchmark's large shape, where one stream is bound by bandwidth most.
+GPT2_XL_CONFIG: dict[str, Any] = {
+    **DISTILGPT2_CONFIG,
+    "n_embd": 1600,
+    "n_head": 25,
+    "n_layer": 48,
+    "output_past": True,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "distilgpt2": DISTILGPT2_CONFIG,
     "variant": VARIANT_CONFIG,
+    "gpt2-xl": GPT2_XL_CONFIG,
 }
 
 Layout = Literal["hub", "transformers"]

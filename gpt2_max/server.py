@@ -25,33 +25,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class MaxServe:
-    """`max serve` in its own process group, so nothing outlives `stop()`."""
+class ServerProcess:
+    """An OpenAI-compatible server in its own process group, so nothing
+    outlives `stop()`; ready once `GET /health` answers 200."""
+
+    name = "server"
 
     def __init__(
         self,
-        model_path: str | Path,
-        extra_args: Sequence[str] = (),
+        args: Sequence[str],
+        model: str,
+        port: int,
         *,
         log_path: str | Path | None = None,
-        custom_architectures: str = "gpt2_lmhead_model",
         env: dict[str, str] | None = None,
         unset_env: Sequence[str] = (),
         cwd: str | Path | None = None,
-        max_executable: str = "max",
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.model = str(model_path)
-        arch = ["--custom-architectures", custom_architectures]
-        self.args = [
-            max_executable, "serve",
-            "--model-path", self.model,
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            *(arch if custom_architectures else []),
-            *extra_args,
-        ]  # fmt: skip
+        self.args = list(args)
+        self.model = model
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
         self.log_path = Path(log_path) if log_path else None
         self.env = {**os.environ, **SERVE_ENV, **(env or {})}
         for name in unset_env:
@@ -60,7 +54,7 @@ class MaxServe:
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
 
-    def start(self, timeout: float = 1800.0) -> MaxServe:
+    def start(self, timeout: float = 1800.0) -> ServerProcess:
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
         started = time.monotonic()
         self.process = subprocess.Popen(
@@ -74,7 +68,7 @@ class MaxServe:
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"max serve exited with {self.process.returncode} before "
+                    f"{self.name} exited with {self.process.returncode} before "
                     f"it was ready{self._log_tail()}"
                 )
             if self.healthy():
@@ -83,7 +77,7 @@ class MaxServe:
             time.sleep(0.5)
         self.stop()
         raise TimeoutError(
-            f"max serve not ready after {timeout:.0f}s{self._log_tail()}"
+            f"{self.name} not ready after {timeout:.0f}s{self._log_tail()}"
         )
 
     def healthy(self) -> bool:
@@ -117,7 +111,7 @@ class MaxServe:
         tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         return "\n" + "\n".join(tail)
 
-    def __enter__(self) -> MaxServe:
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(
@@ -127,6 +121,44 @@ class MaxServe:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class MaxServe(ServerProcess):
+    """`max serve` with this project's architecture on a free loopback port."""
+
+    name = "max serve"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        extra_args: Sequence[str] = (),
+        *,
+        log_path: str | Path | None = None,
+        custom_architectures: str = "gpt2_lmhead_model",
+        env: dict[str, str] | None = None,
+        unset_env: Sequence[str] = (),
+        cwd: str | Path | None = None,
+        max_executable: str = "max",
+    ) -> None:
+        port = free_port()
+        arch = ["--custom-architectures", custom_architectures]
+        args = [
+            max_executable, "serve",
+            "--model-path", str(model_path),
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            *(arch if custom_architectures else []),
+            *extra_args,
+        ]  # fmt: skip
+        super().__init__(
+            args,
+            str(model_path),
+            port,
+            log_path=log_path,
+            env=env,
+            unset_env=unset_env,
+            cwd=cwd,
+        )
 
 
 def group_alive(pgid: int) -> bool:

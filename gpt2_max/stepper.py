@@ -24,15 +24,23 @@ class Stepper:
     def __init__(
         self, pipeline: Any, prompts: Sequence[Sequence[int]], max_length: int
     ) -> None:
+        self.model = pipeline._pipeline_model  # the graph, without the sampler
+        self.kv = pipeline.kv_manager
+        self.max_length = max_length
+        self.contexts: list[Any] = []
+        self.restart(prompts)
+
+    def restart(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Releases the batch and claims `prompts` as a new one, on the same
+        loaded model: the next `step` is their prefill."""
         from max.pipelines.context import TextContext, TokenBuffer
         from max.pipelines.modeling.types import RequestID
 
-        self.model = pipeline._pipeline_model  # the graph, without the sampler
-        self.kv = pipeline.kv_manager
+        self.release()
         self.contexts = [
             TextContext(
                 request_id=RequestID(),
-                max_length=max_length,
+                max_length=self.max_length,
                 tokens=TokenBuffer(np.asarray(p, dtype=np.int64)),
             )
             for p in prompts

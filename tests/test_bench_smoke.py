@@ -36,6 +36,15 @@ def test_quick_benchmark_runs_every_stage(tmp_path):
             assert level["tokens_per_second"] > 0
         assert results[side]["ttft_seconds"]["8"] > 0
         assert results[side]["startup_seconds"]["warm"] > 0
+    # The engine's prefill is timed on the loaded model, after its decode.
+    assert results["ours"]["engine"]["1"]["prefill_tokens"] == 8
+    assert results["ours"]["engine"]["1"]["prefill_seconds"] > 0
+    # --quick installs no peer; their floors are reported as not measured.
+    assert results["peers_requested"] == []
+    assert "vllm" not in results and "llama.cpp" not in results
+    floors = {row["floor"]: row for row in results["floors"]}
+    assert floors["max serve, 2 streams / vLLM CPU served"]["met"] is None
+    assert floors["engine, 1 stream, float32 / read-bandwidth ceiling"]["measured"]
     assert set(results["transformers"]) == {"1", "2"}
     assert results["ceilings"]["one_stream_tokens_per_second"] > 0
     assert results["weight_bytes"]["gpt2"] > 0
@@ -52,4 +61,5 @@ def test_quick_benchmark_runs_every_stage(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| 1 |" in table
     assert "| q4_0 |" in table
+    assert "| floor |" in table
     assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
