@@ -26,6 +26,7 @@ from max.graph.weights import WeightData, Weights
 from max.pipelines.lib import PipelineConfig
 from transformers import AutoConfig
 
+from .kernels.panels import pack_q8_panels
 from .model_config import hyperparameters, validate_hf_config
 from .weight_adapters import (
     CheckpointMismatch,
@@ -186,6 +187,21 @@ def _packed(tensor: gguf.ReaderTensor, name: str) -> WeightData:
     return pad_rows(WeightData(packed, name, DType.uint8, Shape(shape), encoding))
 
 
+def _q8_panels(tensor: gguf.ReaderTensor, q8_panels: bool) -> bool:
+    return q8_panels and tensor.tensor_type == gguf.GGMLQuantizationType.Q8_0
+
+
+def _repacked_q8(tensor: gguf.ReaderTensor, name: str) -> dict[str, WeightData]:
+    """A Q8_0 matrix as `PanelQ8Linear` reads it: int8 panels and scales."""
+    rows = _rows_cols(tensor)[0]
+    blocks = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1)
+    quants, scales = pack_q8_panels(blocks)
+    return {
+        name: WeightData.from_numpy(quants, name),
+        f"{name}_scale": WeightData.from_numpy(scales, f"{name}_scale"),
+    }
+
+
 def _dequantized(tensor: gguf.ReaderTensor, name: str, dtype: DType) -> WeightData:
     array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
     data = WeightData.from_numpy(
@@ -199,8 +215,12 @@ def adapt_tensors(
     hf_config: AutoConfig,
     dtype: DType,
     head_in_out: bool,
+    q8_panels: bool = False,
 ) -> dict[str, WeightData]:
     """Renames, keeps kernel-encoded matrices packed, dequantizes the rest.
+
+    With `q8_panels` (CPU) Q8_0 matrices are repacked for `PanelQ8Linear`
+    instead of dequantized: MAX 26.7 has no Q8_0 matmul.
 
     `wte` is always dequantized: a lookup reads one row per token, so its
     encoding saves memory, not time, and MAX 26.7's gather + dequantize of
@@ -213,15 +233,23 @@ def adapt_tensors(
     out: dict[str, WeightData] = {}
     for source, target in targets.items():
         tensor = tensors[source]
-        if tensor.tensor_type in KERNEL_ENCODINGS and _stays_packed(target):
+        if _stays_packed(target) and _q8_panels(tensor, q8_panels):
+            out.update(_repacked_q8(tensor, target))
+        elif tensor.tensor_type in KERNEL_ENCODINGS and _stays_packed(target):
             out[target] = _packed(tensor, target)
         else:
             out[target] = _dequantized(tensor, target, dtype)
     wte = tensors[next(src for src, dst in targets.items() if dst == "wte.weight")]
-    if "lm_head.weight" not in out and wte.tensor_type in KERNEL_ENCODINGS:
+    if "lm_head.weight" not in out and _q8_panels(wte, q8_panels):
+        out.update(_repacked_q8(wte, "lm_head.weight"))  # tied
+    elif "lm_head.weight" not in out and wte.tensor_type in KERNEL_ENCODINGS:
         out["lm_head.weight"] = _packed(wte, "lm_head.weight")  # tied
     head = out.get("lm_head.weight")
-    if head_in_out and (head is None or head.quantization_encoding is None):
+    if (
+        head_in_out
+        and "lm_head.weight_scale" not in out
+        and (head is None or head.quantization_encoding is None)
+    ):
         out["lm_head.weight"] = transpose(head or out["wte.weight"], "lm_head.weight")
     return out
 
@@ -267,5 +295,6 @@ def convert_gguf_state_dict(
         raise CheckpointMismatch("GGUF file holds no tensors")
     check_metadata(metadata_of(weights[0]._reader), huggingface_config)  # type: ignore[attr-defined]
     tensors = {name: w._raw_tensor() for name, w in state_dict.items()}  # type: ignore[attr-defined]
-    adapted = adapt_tensors(tensors, huggingface_config, dtype, head_in_out)
+    cpu = all(spec.device_type == "cpu" for spec in pipeline_config.model.device_specs)
+    adapted = adapt_tensors(tensors, huggingface_config, dtype, head_in_out, cpu)
     return pack_panel_weights(adapted) if panel_target(pipeline_config) else adapted

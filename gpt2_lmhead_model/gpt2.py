@@ -40,7 +40,8 @@ from max.pipelines.lib.interfaces.batch_processor import (
 
 from .kernels.panel_linear import panel_linear
 from .kernels.panel_matmul import panel_matmul
-from .kernels.panels import ACT_NONE, FUSED_ACTIVATIONS, PANEL, panel_count
+from .kernels.panel_q8_linear import panel_q8_linear
+from .kernels.panels import ACT_NONE, FUSED_ACTIVATIONS, PANEL, Q8_BLOCK, panel_count
 from .model_config import GPT2Config
 
 Activation = Callable[[TensorValue], TensorValue]
@@ -179,7 +180,7 @@ class GPT2MLP(Module):
         self.act = ACTIVATIONS[config.activation_function]
 
     def __call__(self, x: TensorValue) -> TensorValue:
-        if isinstance(self.c_fc, PanelLinear):  # the activation is inside
+        if isinstance(self.c_fc, PanelLinear | PanelQ8Linear):  # activation inside
             return self.c_proj(self.c_fc(x))
         return self.c_proj(self.act(self.c_fc(x)))
 
@@ -283,20 +284,70 @@ class PanelLinear(Module):
         return y
 
 
+class PanelQ8Linear(Module):
+    """`act(x @ W + b)` through the `panel_q8_linear` Mojo kernel (CPU), `W`
+    a ggml Q8_0 matrix repacked at load (`pack_q8_panels`): a byte per
+    weight streamed, where dequantizing at load would stream four.
+
+    The head has no bias: it passes zeros.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        config: GPT2Config,
+        activation: str | None = None,
+        has_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        device = config.devices[0]
+        self.activation = activation
+        self.out_dim = out_dim
+        panels = panel_count(out_dim)
+        self.weight = Weight("weight", DType.int8, (panels, in_dim, PANEL), device)
+        self.weight_scale = Weight(
+            "weight_scale", DType.float32, (panels, in_dim // Q8_BLOCK, PANEL), device
+        )
+        self.bias = (
+            Weight("bias", DType.float32, (out_dim,), device=device)
+            if has_bias
+            else None
+        )
+
+    def __call__(self, x: TensorValue) -> TensorValue:
+        fused = FUSED_ACTIVATIONS.get(self.activation or "", ACT_NONE)
+        bias = (
+            self.bias.to(x.device)
+            if self.bias is not None
+            else ops.broadcast_to(
+                ops.constant(0.0, DType.float32, x.device), [self.out_dim]
+            )
+        )
+        y = panel_q8_linear(
+            x, self.weight.to(x.device), self.weight_scale.to(x.device), bias, fused
+        )
+        if self.activation is not None and fused == ACT_NONE:
+            y = ACTIVATIONS[self.activation](y)
+        return y
+
+
 def linear(
     config: GPT2Config,
     name: str,
     in_dim: int,
     out_dim: int,
     activation: str | None = None,
-) -> Linear | QuantizedLinear | PanelLinear:
+) -> Linear | QuantizedLinear | PanelLinear | PanelQ8Linear:
     """A biased projection: ggml-quantized if the checkpoint stores `name`
-    so, else the panel kernel on CPU float32, else MAX's `Linear`.
-    `activation` is applied only by a `PanelLinear`; callers apply it to
-    the others."""
+    so (Q8_0 repacked for `PanelQ8Linear` on CPU), else the panel kernel on
+    CPU float32, else MAX's `Linear`. `activation` is applied only by the
+    panel layers; callers apply it to the others."""
     encoding = config.quantized_weights.get(name + ".weight")
     if encoding is not None:
         return QuantizedLinear(in_dim, out_dim, encoding, config)
+    if name + ".weight" in config.q8_panel_weights:
+        return PanelQ8Linear(in_dim, out_dim, config, activation)
     if config.panel_kernels:
         return PanelLinear(in_dim, out_dim, config, activation)
     return Linear(in_dim, out_dim, config.dtype, config.devices[0], has_bias=True)
@@ -353,9 +404,13 @@ class GPT2(Module):
         self.ln_f = LayerNorm(
             config.n_embd, config.devices, config.dtype, eps=config.layer_norm_epsilon
         )
-        self.lm_head: LMHead | PanelHead | Linear | QuantizedLinear
+        self.lm_head: LMHead | PanelHead | PanelQ8Linear | Linear | QuantizedLinear
         head_encoding = config.quantized_weights.get("lm_head.weight")
-        if config.panel_kernels and head_encoding is None:
+        if "lm_head.weight" in config.q8_panel_weights:
+            self.lm_head = PanelQ8Linear(
+                config.n_embd, config.vocab_size, config, has_bias=False
+            )
+        elif config.panel_kernels and head_encoding is None:
             self.lm_head = PanelHead(config)
         elif config.lm_head_in_out:
             self.lm_head = LMHead(config)

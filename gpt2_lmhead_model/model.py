@@ -211,6 +211,11 @@ class GPT2Model(
             for name, data in state_dict.items()
             if getattr(data, "quantization_encoding", None) is not None
         }
+        config.q8_panel_weights = {
+            name.removesuffix("_scale")
+            for name in state_dict
+            if name.endswith(".weight_scale")
+        }
         config.tie_word_embeddings = "lm_head.weight" not in state_dict
         head = state_dict.get("lm_head.weight", state_dict.get("wte.weight"))
         if getattr(head, "quantization_encoding", None) is not None:
@@ -228,7 +233,9 @@ class GPT2Model(
                 "gpt2",
                 self._bind_graph_inputs(gpt2.input_tree()),
                 weights=gpt2.state_dict(),
-                custom_extensions=[KERNELS_DIR] if model_config.panel_kernels else (),
+                custom_extensions=[KERNELS_DIR]
+                if model_config.panel_kernels or model_config.q8_panel_weights
+                else (),
             )
         }
 

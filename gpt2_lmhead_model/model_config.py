@@ -129,6 +129,11 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
     quantized_weights: dict[str, QuantizationEncoding] = field(default_factory=dict)
     """Graph weight name -> the ggml encoding it is stored in (GGUF only).
     Per tensor, because llama.cpp's mixed files (Q4_K_M) mix encodings."""
+    q8_panel_weights: set[str] = field(default_factory=set)
+    """Graph weight names stored in ggml Q8_0 and repacked at load for the
+    `panel_q8_linear` kernel (CPU): int8 panels in `<name>`, their scales in
+    `<name>_scale`. llama.cpp falls back to Q8_0 for a matrix whose rows are
+    not whole K-quant blocks (GPT-2 XL's 1600-wide rows in a Q4_K file)."""
     lm_head_in_out: bool = False
     """Store the LM head `[n_embd, vocab]` and compute `x @ W`: on MAX's CPU
     kernels that GEMV reads the 50257-wide head ~25% faster than the

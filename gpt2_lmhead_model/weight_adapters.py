@@ -272,8 +272,8 @@ def pack_panel_weights(weights: Mapping[str, WeightData]) -> dict[str, WeightDat
     """
     out = dict(weights)
     for name, data in weights.items():
-        if data.quantization_encoding is not None:
-            continue
+        if data.quantization_encoding is not None or not data.dtype.is_float():
+            continue  # ggml blocks, or Q8_0 already in int8 panels
         if CONV1D_WEIGHTS.match(name):
             w_in_out = np.from_dlpack(data.data).T
         elif name == "lm_head.weight":

@@ -112,3 +112,35 @@ def test_quantized_gguf_matches_its_dequantized_weights(small, file_encoding):
     # error this size says MAX's quantized kernels ran, not a silent
     # dequantize-at-load fallback.
     assert min(errors) > TOLERANCE, (file_encoding, min(errors))
+
+
+# Rows of 160 and 320 are not whole 256-value K-quant blocks, so a q4_k file
+# stores every matrix in Q8_0, as llama.cpp does for GPT-2 XL's 1600.
+Q8_0_FALLBACK_CONFIG = {**SMALL_CONFIG, "n_embd": 160, "n_head": 5, "n_inner": 320}
+
+
+def test_q8_0_matrices_match_their_dequantized_weights(tmp_path, tokenizer):
+    """Q8_0 runs on `panel_q8_linear` with float activations: exact math on
+    the file's own weights, so it is held to the float32 bar."""
+    import gguf
+
+    checkpoint = write_checkpoint(tmp_path / "q8", Q8_0_FALLBACK_CONFIG, seed=6)
+    path = write_gguf(checkpoint, tmp_path / "q8.gguf", "q4_k")
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
+    matrices = [n for n in types if n.endswith(("attn_qkv.weight", "ffn_up.weight"))]
+    assert matrices and all(
+        types[n] == gguf.GGMLQuantizationType.Q8_0
+        for n in [*matrices, "token_embd.weight"]
+    )
+    prompts = prompts_for_window(
+        tokenizer, Q8_0_FALLBACK_CONFIG["n_positions"], DECODE_STEPS
+    )
+    reference = dequantized_checkpoint(path, checkpoint, tmp_path / "ref")
+    oracle = transformers_greedy_decode(reference, prompts, STEPS)
+    ours = max_greedy_decode(
+        checkpoint, prompts, STEPS, encoding="q4_k", weight_path=path
+    )
+    report = compare(ours, oracle, prompts)
+    for prompt in report.prompts:
+        assert prompt.first_divergence is None, prompt
+        assert prompt.max_rel_error <= TOLERANCE, prompt.max_rel_error

@@ -186,3 +186,33 @@ def test_any_packed_matrix_is_padded_to_the_row_tile(tmp_path):
     assert np.array_equal(packed[:528], stored.reshape(528, -1))
     assert not packed[528:].any()
     assert out["h.0.mlp.c_proj.weight"].dtype == DType.float32
+
+
+def test_q8_0_matrices_are_repacked_for_the_q8_kernel_on_cpu(tmp_path):
+    """Rows of 160 are not whole Q4_K blocks, so a q4_k file holds Q8_0:
+    on CPU each such matrix (and the tied head) becomes int8 panels plus
+    scales that widen back to exactly the stored values."""
+    from gpt2_lmhead_model.kernels.panels import PANEL, Q8_BLOCK, pack_q8_panels
+
+    config = {**CONFIG, "n_embd": 160, "n_head": 5, "n_inner": 320}
+    checkpoint = write_checkpoint(tmp_path / "ckpt", config, seed=4)
+    tensors = _tensors(write_gguf(checkpoint, tmp_path / "q4_k.gguf", "q4_k"))
+    hf_config = AutoConfig.from_pretrained(checkpoint)
+    out = adapt_tensors(tensors, hf_config, DType.float32, True, q8_panels=True)
+    stored = tensors["blk.1.ffn_up.weight"]
+    assert stored.tensor_type == gguf.GGMLQuantizationType.Q8_0
+    q = np.from_dlpack(out["h.1.mlp.c_fc.weight"].data)
+    scales = np.from_dlpack(out["h.1.mlp.c_fc.weight_scale"].data)
+    assert q.dtype == np.int8 and q.shape == (320 // PANEL, 160, PANEL)
+    widened = q.astype(np.float32) * np.repeat(scales, Q8_BLOCK, axis=1)
+    dequantized = gguf.quants.dequantize(stored.data, stored.tensor_type)
+    np.testing.assert_array_equal(
+        widened.transpose(0, 2, 1).reshape(320, 160), dequantized.reshape(320, 160)
+    )
+    head_q, _ = pack_q8_panels(np.asarray(tensors["token_embd.weight"].data))
+    assert np.array_equal(np.from_dlpack(out["lm_head.weight"].data), head_q)
+    assert out["wte.weight"].dtype == DType.float32  # gathered, dequantized
+    # Elsewhere (a GPU) the same file's Q8_0 is dequantized at load.
+    off = adapt_tensors(tensors, hf_config, DType.float32, False)
+    assert off["h.1.mlp.c_fc.weight"].dtype == DType.float32
+    assert not any(name.endswith("_scale") for name in off)
