@@ -359,6 +359,7 @@ def main() -> None:
             "levels": levels,
         },
         "peers_requested": peers_requested,
+        "load_average": {"start": os.getloadavg()},
     }
     common = ["--devices", "cpu", "--quantization-encoding", "float32"]
     results["ours"] = serve_and_measure(
@@ -425,6 +426,7 @@ def main() -> None:
         results["xl"] = measure_xl(
             out, ["f32", "q4_k"], peers_requested, opts.peers_dir, threads
         )
+    results["load_average"]["end"] = os.getloadavg()
     print(report.write(results, out))
 
 
