@@ -226,6 +226,38 @@ def measure_gguf(
     return result
 
 
+def alternate_one_stream(
+    checkpoint: Path, f32_gguf: Path, peers_dir: Path, threads: int, rounds: int
+) -> dict[str, Any]:
+    """Ours (engine alone) and llama.cpp, one stream, float32, in turns.
+
+    Single figures of either move 10-15 % run to run on these machines;
+    rounds of both let drifting load hit both alike, and the floor is the
+    ratio of the medians."""
+    try:
+        python = peer_llama_cpp.install(peers_dir)
+    except PeerUnavailable as e:
+        return {"skipped": str(e)}
+    ours: list[float] = []
+    theirs: list[float] = []
+    for turn in range(rounds):
+        print(f"[one stream] round {turn + 1} of {rounds}", flush=True)
+        ours.append(
+            engine.decode_tokens_per_second(checkpoint, 1, architecture=gpt2_arch)[
+                "tokens_per_second"
+            ]
+        )
+        row = peer_llama_cpp.measure(python, {"f32": f32_gguf}, threads=threads)
+        if "skipped" in row["f32"]:
+            return {"skipped": row["f32"]["skipped"]}
+        theirs.append(row["f32"]["tokens_per_second"])
+    return {
+        "ours": ours,
+        "llama.cpp": theirs,
+        "ratio_of_medians": statistics.median(ours) / statistics.median(theirs),
+    }
+
+
 def measure_xl(
     out: Path, encodings: list[str], peers: list[str], peers_dir: Path, threads: int
 ) -> dict[str, Any]:
@@ -422,6 +454,9 @@ def main() -> None:
             for encoding in ["f32", *encodings]
         }
         results["llama.cpp"] = measure_llama_cpp(files, opts.peers_dir, threads)
+        results["one_stream_rounds"] = alternate_one_stream(
+            gpt2, files["f32"], opts.peers_dir, threads, rounds=5
+        )
     if xl:
         results["xl"] = measure_xl(
             out, ["f32", "q4_k"], peers_requested, opts.peers_dir, threads

@@ -155,10 +155,12 @@ def floors(results: dict[str, Any]) -> list[dict[str, Any]]:
         else None
     )
     xl = results.get("xl") or {}
+    rounds = results.get("one_stream_rounds") or {}
     rows = [
         (
             "engine, 1 stream, float32 / llama.cpp in process",
-            _ratio(_engine_tps(ours, 1), _peer_tps(llama_cpp.get("f32"))),
+            rounds.get("ratio_of_medians")
+            or _ratio(_engine_tps(ours, 1), _peer_tps(llama_cpp.get("f32"))),
             0.95,
         ),
         (
@@ -270,6 +272,16 @@ def llama_cpp_table(results: dict[str, Any]) -> str:
             f"| {_fmt(ours_prefill, 3)} / {_fmt(theirs['prefill_seconds'], 3)} "
             f"({theirs['prefill_tokens']} tokens) |"
         )
+    rounds = results.get("one_stream_rounds") or {}
+    if "ours" in rounds:
+        rows.append(
+            f"\n- float32, one stream, in turns: ours "
+            f"{', '.join(_fmt(v) for v in rounds['ours'])} tok/s; llama.cpp "
+            f"{', '.join(_fmt(v) for v in rounds['llama.cpp'])}; ratio of the "
+            f"medians {_fmt(rounds['ratio_of_medians'], 2)}"
+        )
+    elif rounds:
+        rows.append(f"\n- float32 turns: skipped ({rounds['skipped'][:200]})")
     return "\n".join(rows)
 
 

@@ -27,7 +27,11 @@ def results() -> dict:
         },
         "vllm": {"levels": levels({1: 30.0, 32: 300.0})},
         "llama.cpp": {
-            "f32": {"tokens_per_second": 80.0},
+            "f32": {
+                "tokens_per_second": 80.0,
+                "prefill_seconds": 0.4,
+                "prefill_tokens": 512,
+            },
             "q4_k": {"skipped": "no"},
         },
         "gguf": {
@@ -85,3 +89,16 @@ def test_a_skipped_or_absent_peer_leaves_its_floor_unmeasured():
     assert rows["max serve, 32 streams / vLLM CPU served"]["met"] is None
     assert rows["engine, 1 stream, float32 / llama.cpp in process"]["met"] is None
     assert "not measured" in report.floors_table(data)
+
+
+def test_turns_of_both_decide_the_one_stream_floor():
+    data = results()
+    data["one_stream_rounds"] = {
+        "ours": [80.0, 70.0, 90.0],
+        "llama.cpp": [100.0, 60.0, 80.0],
+        "ratio_of_medians": 1.0,
+    }
+    rows = {row["floor"]: row for row in report.floors(data)}
+    row = rows["engine, 1 stream, float32 / llama.cpp in process"]
+    assert row["measured"] == 1.0 and row["met"] is True
+    assert "ratio of the medians 1.00" in report.llama_cpp_table(data)
