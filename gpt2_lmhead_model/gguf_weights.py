@@ -3,9 +3,10 @@
 A GGUF GPT-2 differs from a Hugging Face checkpoint in three ways:
 - names: llama.cpp's (`token_embd`, `blk.N.attn_qkv`, `ffn_up`, ...);
 - layout: matrices are already `[out, in]`, as a `Linear` wants them;
-- encodings: matrices may be ggml blocks (Q4_0, Q4_K, Q6_K), which stay
-  packed for MAX's quantized matmuls. Any other encoding (F16, Q8_0, Q5_K,
-  ...), and every vector, is dequantized to float at load.
+- encodings: matrices may be ggml blocks. On CPU, Q8_0 and Q4_K ones are
+  repacked for this package's panel kernels (`REPACKED`); Q4_0, Q6_K (and
+  Q4_K off the CPU) stay packed for MAX's quantized matmuls. Any other
+  encoding (F16, Q5_K, ...), and every vector, is dequantized at load.
 The file's metadata must agree with `config.json` and its tensors with
 both; anything else is refused, naming the key or tensor.
 """
@@ -26,7 +27,7 @@ from max.graph.weights import WeightData, Weights
 from max.pipelines.lib import PipelineConfig
 from transformers import AutoConfig
 
-from .kernels.panels import pack_q8_panels
+from .kernels.panels import pack_q4k_panels, pack_q8_panels
 from .model_config import hyperparameters, validate_hf_config
 from .weight_adapters import (
     CheckpointMismatch,
@@ -187,19 +188,52 @@ def _packed(tensor: gguf.ReaderTensor, name: str) -> WeightData:
     return pad_rows(WeightData(packed, name, DType.uint8, Shape(shape), encoding))
 
 
-def _q8_panels(tensor: gguf.ReaderTensor, q8_panels: bool) -> bool:
-    return q8_panels and tensor.tensor_type == gguf.GGMLQuantizationType.Q8_0
-
-
-def _repacked_q8(tensor: gguf.ReaderTensor, name: str) -> dict[str, WeightData]:
-    """A Q8_0 matrix as `PanelQ8Linear` reads it: int8 panels and scales."""
-    rows = _rows_cols(tensor)[0]
-    blocks = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1)
+def _repack_q8_0(blocks: np.ndarray, name: str) -> dict[str, WeightData]:
     quants, scales = pack_q8_panels(blocks)
     return {
         name: WeightData.from_numpy(quants, name),
         f"{name}_scale": WeightData.from_numpy(scales, f"{name}_scale"),
     }
+
+
+def _repack_q4_k(blocks: np.ndarray, name: str) -> dict[str, WeightData]:
+    codes, sub_scales, super_scales = pack_q4k_panels(blocks)
+    return {
+        name: WeightData.from_numpy(codes, name),
+        f"{name}_sub_scales": WeightData.from_numpy(sub_scales, f"{name}_sub_scales"),
+        f"{name}_super_scales": WeightData.from_numpy(
+            super_scales, f"{name}_super_scales"
+        ),
+    }
+
+
+# The ggml encodings that run on CPU through this package's panel kernels
+# (`kernels/`), repacked at load: MAX 26.7 has no Q8_0 matmul, and its Q4_K
+# matmul rounds the activations to 8 bits and reads the weights at about
+# half the memory bandwidth (docs/BENCHMARKS.md). Each repacking names the
+# weight beside `<name>` whose presence marks it (`panel_ggml_weights`).
+REPACKED = {
+    gguf.GGMLQuantizationType.Q8_0: ("q8_0", "_scale", _repack_q8_0),
+    gguf.GGMLQuantizationType.Q4_K: ("q4_k", "_super_scales", _repack_q4_k),
+}
+
+
+def panel_ggml_weights(state_dict: Mapping[str, object]) -> dict[str, str]:
+    """Graph weight name -> ggml encoding, for the matrices `adapt_tensors`
+    repacked (see `GPT2Config.panel_ggml_weights`)."""
+    found = {}
+    for encoding, marker, _ in REPACKED.values():
+        for name in state_dict:
+            if name.endswith(".weight" + marker):
+                found[name.removesuffix(marker)] = encoding
+    return found
+
+
+def _repacked(tensor: gguf.ReaderTensor, name: str) -> dict[str, WeightData]:
+    """A matrix as its panel kernel reads it (see `REPACKED`)."""
+    rows = _rows_cols(tensor)[0]
+    blocks = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1)
+    return REPACKED[tensor.tensor_type][2](blocks, name)
 
 
 def _dequantized(tensor: gguf.ReaderTensor, name: str, dtype: DType) -> WeightData:
@@ -215,12 +249,12 @@ def adapt_tensors(
     hf_config: AutoConfig,
     dtype: DType,
     head_in_out: bool,
-    q8_panels: bool = False,
+    repack: bool = False,
 ) -> dict[str, WeightData]:
     """Renames, keeps kernel-encoded matrices packed, dequantizes the rest.
 
-    With `q8_panels` (CPU) Q8_0 matrices are repacked for `PanelQ8Linear`
-    instead of dequantized: MAX 26.7 has no Q8_0 matmul.
+    With `repack` (CPU) the `REPACKED` encodings are repacked for the panel
+    kernels instead.
 
     `wte` is always dequantized: a lookup reads one row per token, so its
     encoding saves memory, not time, and MAX 26.7's gather + dequantize of
@@ -233,21 +267,21 @@ def adapt_tensors(
     out: dict[str, WeightData] = {}
     for source, target in targets.items():
         tensor = tensors[source]
-        if _stays_packed(target) and _q8_panels(tensor, q8_panels):
-            out.update(_repacked_q8(tensor, target))
+        if _stays_packed(target) and repack and tensor.tensor_type in REPACKED:
+            out.update(_repacked(tensor, target))
         elif tensor.tensor_type in KERNEL_ENCODINGS and _stays_packed(target):
             out[target] = _packed(tensor, target)
         else:
             out[target] = _dequantized(tensor, target, dtype)
     wte = tensors[next(src for src, dst in targets.items() if dst == "wte.weight")]
-    if "lm_head.weight" not in out and _q8_panels(wte, q8_panels):
-        out.update(_repacked_q8(wte, "lm_head.weight"))  # tied
+    if "lm_head.weight" not in out and repack and wte.tensor_type in REPACKED:
+        out.update(_repacked(wte, "lm_head.weight"))  # tied
     elif "lm_head.weight" not in out and wte.tensor_type in KERNEL_ENCODINGS:
         out["lm_head.weight"] = _packed(wte, "lm_head.weight")  # tied
     head = out.get("lm_head.weight")
     if (
         head_in_out
-        and "lm_head.weight_scale" not in out
+        and "lm_head.weight" not in panel_ggml_weights(out)
         and (head is None or head.quantization_encoding is None)
     ):
         out["lm_head.weight"] = transpose(head or out["wte.weight"], "lm_head.weight")

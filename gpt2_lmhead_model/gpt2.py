@@ -40,8 +40,18 @@ from max.pipelines.lib.interfaces.batch_processor import (
 
 from .kernels.panel_linear import panel_linear
 from .kernels.panel_matmul import panel_matmul
+from .kernels.panel_q4k_linear import panel_q4k_linear
 from .kernels.panel_q8_linear import panel_q8_linear
-from .kernels.panels import ACT_NONE, FUSED_ACTIVATIONS, PANEL, Q8_BLOCK, panel_count
+from .kernels.panels import (
+    ACT_NONE,
+    FUSED_ACTIVATIONS,
+    PANEL,
+    Q4K_CODES_PER_WORD,
+    Q4K_SUB,
+    Q4K_SUPER,
+    Q8_BLOCK,
+    panel_count,
+)
 from .model_config import GPT2Config
 
 Activation = Callable[[TensorValue], TensorValue]
@@ -180,7 +190,7 @@ class GPT2MLP(Module):
         self.act = ACTIVATIONS[config.activation_function]
 
     def __call__(self, x: TensorValue) -> TensorValue:
-        if isinstance(self.c_fc, PanelLinear | PanelQ8Linear):  # activation inside
+        if isinstance(self.c_fc, PanelLinear | PanelGGMLLinear):  # activation inside
             return self.c_proj(self.c_fc(x))
         return self.c_proj(self.act(self.c_fc(x)))
 
@@ -284,10 +294,11 @@ class PanelLinear(Module):
         return y
 
 
-class PanelQ8Linear(Module):
-    """`act(x @ W + b)` through the `panel_q8_linear` Mojo kernel (CPU), `W`
-    a ggml Q8_0 matrix repacked at load (`pack_q8_panels`): a byte per
-    weight streamed, where dequantizing at load would stream four.
+class PanelGGMLLinear(Module):
+    """`act(x @ W + b)` through a Mojo kernel (CPU) that streams a ggml
+    matrix repacked at load (`gguf_weights.REPACKED`): the bytes of the
+    encoding, not the four of a float. A subclass per encoding declares
+    the repacked weights and calls its kernel.
 
     The head has no bias: it passes zeros.
     """
@@ -304,16 +315,18 @@ class PanelQ8Linear(Module):
         device = config.devices[0]
         self.activation = activation
         self.out_dim = out_dim
-        panels = panel_count(out_dim)
-        self.weight = Weight("weight", DType.int8, (panels, in_dim, PANEL), device)
-        self.weight_scale = Weight(
-            "weight_scale", DType.float32, (panels, in_dim // Q8_BLOCK, PANEL), device
-        )
+        self._declare_weights(in_dim, panel_count(out_dim), device)
         self.bias = (
             Weight("bias", DType.float32, (out_dim,), device=device)
             if has_bias
             else None
         )
+
+    def _declare_weights(self, in_dim: int, panels: int, device: DeviceRef) -> None:
+        raise NotImplementedError
+
+    def _kernel(self, x: TensorValue, bias: TensorValue, fused: int) -> TensorValue:
+        raise NotImplementedError
 
     def __call__(self, x: TensorValue) -> TensorValue:
         fused = FUSED_ACTIVATIONS.get(self.activation or "", ACT_NONE)
@@ -324,12 +337,65 @@ class PanelQ8Linear(Module):
                 ops.constant(0.0, DType.float32, x.device), [self.out_dim]
             )
         )
-        y = panel_q8_linear(
-            x, self.weight.to(x.device), self.weight_scale.to(x.device), bias, fused
-        )
+        y = self._kernel(x, bias, fused)
         if self.activation is not None and fused == ACT_NONE:
             y = ACTIVATIONS[self.activation](y)
         return y
+
+
+class PanelQ8Linear(PanelGGMLLinear):
+    """Q8_0 through `panel_q8_linear`: int8 panels and a float32 scale per 32
+    (`pack_q8_panels`), widened to the exact weights in registers."""
+
+    def _declare_weights(self, in_dim: int, panels: int, device: DeviceRef) -> None:
+        self.weight = Weight("weight", DType.int8, (panels, in_dim, PANEL), device)
+        self.weight_scale = Weight(
+            "weight_scale", DType.float32, (panels, in_dim // Q8_BLOCK, PANEL), device
+        )
+
+    def _kernel(self, x: TensorValue, bias: TensorValue, fused: int) -> TensorValue:
+        return panel_q8_linear(
+            x, self.weight.to(x.device), self.weight_scale.to(x.device), bias, fused
+        )
+
+
+class PanelQ4KLinear(PanelGGMLLinear):
+    """Q4_K through `panel_q4k_linear`: 4-bit codes, 6-bit sub-block
+    multipliers and float32 super-block scales (`pack_q4k_panels`), against
+    activations rounded to int8 per 32 values."""
+
+    def _declare_weights(self, in_dim: int, panels: int, device: DeviceRef) -> None:
+        words = in_dim // Q4K_CODES_PER_WORD
+        self.weight = Weight("weight", DType.uint32, (panels, words, PANEL), device)
+        self.weight_sub_scales = Weight(
+            "weight_sub_scales",
+            DType.uint8,
+            (panels, in_dim // Q4K_SUB, 2, PANEL),
+            device,
+        )
+        self.weight_super_scales = Weight(
+            "weight_super_scales",
+            DType.float32,
+            (panels, in_dim // Q4K_SUPER, 2, PANEL),
+            device,
+        )
+
+    def _kernel(self, x: TensorValue, bias: TensorValue, fused: int) -> TensorValue:
+        return panel_q4k_linear(
+            x,
+            self.weight.to(x.device),
+            self.weight_sub_scales.to(x.device),
+            self.weight_super_scales.to(x.device),
+            bias,
+            fused,
+        )
+
+
+PANEL_GGML_LAYERS: dict[str, type[PanelGGMLLinear]] = {
+    "q8_0": PanelQ8Linear,
+    "q4_k": PanelQ4KLinear,
+}
+"""The ggml encodings `GPT2Config.panel_ggml_weights` may name."""
 
 
 def linear(
@@ -338,16 +404,17 @@ def linear(
     in_dim: int,
     out_dim: int,
     activation: str | None = None,
-) -> Linear | QuantizedLinear | PanelLinear | PanelQ8Linear:
+) -> Linear | QuantizedLinear | PanelLinear | PanelGGMLLinear:
     """A biased projection: ggml-quantized if the checkpoint stores `name`
-    so (Q8_0 repacked for `PanelQ8Linear` on CPU), else the panel kernel on
+    so (Q8_0 and Q4_K repacked for a panel kernel on CPU), else the panel kernel on
     CPU float32, else MAX's `Linear`. `activation` is applied only by the
     panel layers; callers apply it to the others."""
     encoding = config.quantized_weights.get(name + ".weight")
     if encoding is not None:
         return QuantizedLinear(in_dim, out_dim, encoding, config)
-    if name + ".weight" in config.q8_panel_weights:
-        return PanelQ8Linear(in_dim, out_dim, config, activation)
+    repacked = config.panel_ggml_weights.get(name + ".weight")
+    if repacked is not None:
+        return PANEL_GGML_LAYERS[repacked](in_dim, out_dim, config, activation)
     if config.panel_kernels:
         return PanelLinear(in_dim, out_dim, config, activation)
     return Linear(in_dim, out_dim, config.dtype, config.devices[0], has_bias=True)
@@ -404,10 +471,11 @@ class GPT2(Module):
         self.ln_f = LayerNorm(
             config.n_embd, config.devices, config.dtype, eps=config.layer_norm_epsilon
         )
-        self.lm_head: LMHead | PanelHead | PanelQ8Linear | Linear | QuantizedLinear
+        self.lm_head: LMHead | PanelHead | PanelGGMLLinear | Linear | QuantizedLinear
         head_encoding = config.quantized_weights.get("lm_head.weight")
-        if "lm_head.weight" in config.q8_panel_weights:
-            self.lm_head = PanelQ8Linear(
+        head_repacked = config.panel_ggml_weights.get("lm_head.weight")
+        if head_repacked is not None:
+            self.lm_head = PANEL_GGML_LAYERS[head_repacked](
                 config.n_embd, config.vocab_size, config, has_bias=False
             )
         elif config.panel_kernels and head_encoding is None:

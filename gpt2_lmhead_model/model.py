@@ -30,6 +30,7 @@ from max.pipelines.lib.log_probabilities import LogProbabilitiesMixin
 from max.pipelines.lib.memory_estimation import MemoryPlan
 from typing_extensions import override
 
+from .gguf_weights import panel_ggml_weights
 from .gpt2 import GPT2
 from .kernels import KERNELS_DIR
 from .model_config import CheckpointError, GPT2Config
@@ -211,11 +212,7 @@ class GPT2Model(
             for name, data in state_dict.items()
             if getattr(data, "quantization_encoding", None) is not None
         }
-        config.q8_panel_weights = {
-            name.removesuffix("_scale")
-            for name in state_dict
-            if name.endswith(".weight_scale")
-        }
+        config.panel_ggml_weights = panel_ggml_weights(state_dict)
         config.tie_word_embeddings = "lm_head.weight" not in state_dict
         head = state_dict.get("lm_head.weight", state_dict.get("wte.weight"))
         if getattr(head, "quantization_encoding", None) is not None:
@@ -234,7 +231,7 @@ class GPT2Model(
                 self._bind_graph_inputs(gpt2.input_tree()),
                 weights=gpt2.state_dict(),
                 custom_extensions=[KERNELS_DIR]
-                if model_config.panel_kernels or model_config.q8_panel_weights
+                if model_config.panel_kernels or model_config.panel_ggml_weights
                 else (),
             )
         }

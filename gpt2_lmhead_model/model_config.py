@@ -103,7 +103,8 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
     SUPPORTED_ENCODINGS: ClassVar[set[SupportedEncoding]] = {
         "float32",
         "bfloat16",
-        # GGUF files (llama.cpp's layout), on CPU: MAX's ggml kernels.
+        # GGUF files (llama.cpp's layout), on CPU: MAX's ggml kernels, and
+        # this package's for Q4_K and Q8_0 matrices (`gguf_weights.REPACKED`).
         "q4_k",
         "q4_0",
         "q6_k",
@@ -129,10 +130,12 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
     quantized_weights: dict[str, QuantizationEncoding] = field(default_factory=dict)
     """Graph weight name -> the ggml encoding it is stored in (GGUF only).
     Per tensor, because llama.cpp's mixed files (Q4_K_M) mix encodings."""
-    q8_panel_weights: set[str] = field(default_factory=set)
-    """Graph weight names stored in ggml Q8_0 and repacked at load for the
-    `panel_q8_linear` kernel (CPU): int8 panels in `<name>`, their scales in
-    `<name>_scale`. llama.cpp falls back to Q8_0 for a matrix whose rows are
+    panel_ggml_weights: dict[str, str] = field(default_factory=dict)
+    """Graph weight name -> the ggml encoding (`q8_0` or `q4_k`) of a matrix
+    repacked at load for this package's panel kernels (CPU, see
+    `gguf_weights.REPACKED`): the codes in `<name>`, their scales beside it
+    (`<name>_scale` for Q8_0; `<name>_sub_scales`, `<name>_super_scales`
+    for Q4_K). llama.cpp falls back to Q8_0 for a matrix whose rows are
     not whole K-quant blocks (GPT-2 XL's 1600-wide rows in a Q4_K file)."""
     lm_head_in_out: bool = False
     """Store the LM head `[n_embd, vocab]` and compute `x @ W`: on MAX's CPU
@@ -273,8 +276,8 @@ def uses_panel_kernels(devices: list[DeviceRef], encoding: SupportedEncoding) ->
     """Whether float matmuls run on the `kernels/` panel kernels: float32
     weights on CPUs. They stream the weights near memory bandwidth where
     MAX 26.7's generic CPU matmul reaches about half of it on decode shapes;
-    GPUs and bfloat16 stay on MAX's kernels, ggml-encoded weights on
-    MAX's quantized matmuls."""
+    GPUs and bfloat16 stay on MAX's kernels. ggml-encoded matrices are
+    routed per tensor instead (`panel_ggml_weights`, `quantized_weights`)."""
     return all(device.is_cpu() for device in devices) and encoding == "float32"
 
 

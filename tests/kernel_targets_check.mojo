@@ -4,6 +4,7 @@
 # and a partial panel on every vector width.
 from std.memory import alloc
 
+from kernels.panel_q4k_linear import CODES_PER_WORD, Q4K_ROWS, Q4K_SUB, Q4K_SUPER, q4k_panel_matmul
 from kernels.panel_q8_linear import Q8_BLOCK, Q8_ROWS, q8_panel_matmul
 from kernels.panels import ACT_NONE, MAX_ROWS, PANEL, SIMD_WIDTH, panel_matmul
 
@@ -57,8 +58,84 @@ def check_q8() raises:
         print("q8 rows", m_dim, "max_abs_error", worst)
 
 
+def q4k_code(k: Int, n: Int) -> Int:
+    return (k * 5 + n * 3) % 16
+
+
+def q4k_weight(k: Int, n: Int) -> Float32:
+    """`d*sc * code - dmin*m` with power-of-two `d`, `dmin` and small `sc`,
+    `m`: every product and partial sum below is exact in float32."""
+    var sup = k // Q4K_SUPER
+    var sub = k // Q4K_SUB
+    var d = Float32(1.0) / Float32(1 << (sup + n % 3))
+    var dmin = Float32(1.0) / Float32(1 << (n % 2 + 1))
+    return d * Float32((sub + n) % 4 + 1) * Float32(q4k_code(k, n)) - dmin * Float32((sub + 2 * n) % 3)
+
+
+def check_q4k() raises:
+    """`q4k_panel_matmul`: 4-bit codes, 6-bit multipliers, fp32 scales, and
+    x whose every 32 values peak at 127, so its rounding to int8 is exact."""
+    comptime M = 19
+    comptime K = 2 * Q4K_SUPER
+    comptime N = 77
+    comptime P = (N + PANEL - 1) // PANEL
+    comptime WORDS = K // CODES_PER_WORD
+    comptime SUBS = K // Q4K_SUB
+    comptime SUPERS = K // Q4K_SUPER
+    var x = alloc[Float32](M * K)
+    var c = alloc[UInt32](P * WORDS * PANEL)
+    var s = alloc[UInt8](P * SUBS * 2 * PANEL)
+    var d = alloc[Float32](P * SUPERS * 2 * PANEL)
+    var b = alloc[Float32](N)
+    var y = alloc[Float32](M * N)
+    for i in range(M * K):
+        x[i] = Float32(127.0) if i % Q4K_SUB == 0 else Float32((i * 7) % 13) - 6.0
+    for i in range(P * WORDS * PANEL):
+        c[i] = 0
+    for i in range(P * SUBS * 2 * PANEL):
+        s[i] = 0
+    for i in range(P * SUPERS * 2 * PANEL):
+        d[i] = 0.0
+    for n in range(N):
+        var p = n // PANEL
+        var lane = n % PANEL
+        b[n] = Float32(n % 4)
+        for k in range(K):
+            var at = (p * WORDS + k // CODES_PER_WORD) * PANEL + lane
+            # Byte b of a word: K offset b in the low nibble, 4 + b in the high.
+            var j = k % CODES_PER_WORD
+            var shift = 8 * (j % 4) + 4 * (j // 4)
+            c[at] = c[at] | (UInt32(q4k_code(k, n)) << UInt32(shift))
+        for sub in range(SUBS):
+            s[((p * SUBS + sub) * 2) * PANEL + lane] = UInt8((sub + n) % 4 + 1)
+            s[((p * SUBS + sub) * 2 + 1) * PANEL + lane] = UInt8((sub + 2 * n) % 3)
+        for sup in range(SUPERS):
+            d[((p * SUPERS + sup) * 2) * PANEL + lane] = Float32(1.0) / Float32(1 << (sup + n % 3))
+            d[((p * SUPERS + sup) * 2 + 1) * PANEL + lane] = Float32(1.0) / Float32(1 << (n % 2 + 1))
+    for m_dim in range(1, M + 1):
+        q4k_panel_matmul[ACT_NONE](
+            x.unsafe_origin_cast[MutAnyOrigin](),
+            c.unsafe_origin_cast[MutAnyOrigin](),
+            s.unsafe_origin_cast[MutAnyOrigin](),
+            d.unsafe_origin_cast[MutAnyOrigin](),
+            b.unsafe_origin_cast[MutAnyOrigin](),
+            y.unsafe_origin_cast[MutAnyOrigin](),
+            m_dim,
+            K,
+            N,
+        )
+        var worst: Float32 = 0.0
+        for m in range(m_dim):
+            for n in range(N):
+                var want = b[n]
+                for k in range(K):
+                    want += x[m * K + k] * q4k_weight(k, n)
+                worst = max(worst, abs(y[m * N + n] - want))
+        print("q4k rows", m_dim, "max_abs_error", worst)
+
+
 def main() raises:
-    print("simd_width", SIMD_WIDTH, "max_rows", MAX_ROWS, "q8_rows", Q8_ROWS)
+    print("simd_width", SIMD_WIDTH, "max_rows", MAX_ROWS, "q8_rows", Q8_ROWS, "q4k_rows", Q4K_ROWS)
     comptime M = 19
     comptime K = 37
     comptime N = 77
@@ -95,3 +172,4 @@ def main() raises:
                 worst = max(worst, abs(y[m * N + n] - want))
         print("rows", m_dim, "max_abs_error", worst)
     check_q8()
+    check_q4k()

@@ -22,6 +22,7 @@ from gpt2_lmhead_model.gguf_weights import (
     gguf_name,
     gpt2_name,
     metadata_of,
+    panel_ggml_weights,
     plan,
 )
 from gpt2_lmhead_model.weight_adapters import CheckpointMismatch
@@ -198,7 +199,7 @@ def test_q8_0_matrices_are_repacked_for_the_q8_kernel_on_cpu(tmp_path):
     checkpoint = write_checkpoint(tmp_path / "ckpt", config, seed=4)
     tensors = _tensors(write_gguf(checkpoint, tmp_path / "q4_k.gguf", "q4_k"))
     hf_config = AutoConfig.from_pretrained(checkpoint)
-    out = adapt_tensors(tensors, hf_config, DType.float32, True, q8_panels=True)
+    out = adapt_tensors(tensors, hf_config, DType.float32, True, repack=True)
     stored = tensors["blk.1.ffn_up.weight"]
     assert stored.tensor_type == gguf.GGMLQuantizationType.Q8_0
     q = np.from_dlpack(out["h.1.mlp.c_fc.weight"].data)
@@ -216,3 +217,39 @@ def test_q8_0_matrices_are_repacked_for_the_q8_kernel_on_cpu(tmp_path):
     off = adapt_tensors(tensors, hf_config, DType.float32, False)
     assert off["h.1.mlp.c_fc.weight"].dtype == DType.float32
     assert not any(name.endswith("_scale") for name in off)
+    assert panel_ggml_weights(out)["h.1.mlp.c_fc.weight"] == "q8_0"
+    assert panel_ggml_weights(off) == {}
+
+
+def test_q4_k_matrices_are_repacked_for_the_q4k_kernel_on_cpu(files):
+    """In a Q4_K_M file on CPU, each Q4_K matrix becomes code, multiplier
+    and scale panels that rebuild exactly the stored values; the Q6_K ones
+    (the head among them) stay packed for MAX's quantized matmul."""
+    from gpt2_lmhead_model.kernels.panels import PANEL, pack_q4k_panels
+
+    checkpoint, paths = files
+    hf_config = AutoConfig.from_pretrained(checkpoint)
+    tensors = _tensors(paths["q4_k_m"])
+    out = adapt_tensors(tensors, hf_config, DType.float32, True, repack=True)
+    repacked = panel_ggml_weights(out)
+    for layer in range(CONFIG["n_layer"]):
+        for matmul in MATMULS:
+            name = f"h.{layer}.{matmul}.weight"
+            stored = tensors[gguf_name(name)]
+            if stored.tensor_type == gguf.GGMLQuantizationType.Q4_K:
+                assert repacked[name] == "q4_k"
+                expected = pack_q4k_panels(
+                    np.asarray(stored.data).reshape(stored.data.shape[0], -1)
+                )
+                parts = (name, f"{name}_sub_scales", f"{name}_super_scales")
+                for part, want in zip(parts, expected, strict=True):
+                    assert np.array_equal(np.from_dlpack(out[part].data), want)
+                assert expected[0].shape[2] == PANEL
+            else:
+                assert name not in repacked
+                assert out[name].quantization_encoding == QuantizationEncoding(
+                    stored.tensor_type.name
+                )
+    assert "q4_k" in repacked.values()
+    assert "lm_head.weight" not in repacked  # Q6_K in Q4_K_M
+    assert out["lm_head.weight"].quantization_encoding == QuantizationEncoding.Q6_K

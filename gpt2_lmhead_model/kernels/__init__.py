@@ -1,4 +1,5 @@
-"""Custom Mojo kernels for the CPU float32 decode path.
+"""Custom Mojo kernels for the CPU decode path: float32 weights, and ggml
+Q8_0 and Q4_K matrices, each repacked at load into panels.
 
 This directory is both a Python package (the graph-side wrappers) and the
 Mojo package (`__init__.mojo`) that graphs load through `custom_extensions`.

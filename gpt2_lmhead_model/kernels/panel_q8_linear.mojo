@@ -17,7 +17,7 @@ from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 
-from .panels import F32, MAX_ROWS, PANEL, SIMD_WIDTH, Vec, activate, check_shapes
+from .panels import F32, MAX_ROWS, PANEL, SIMD_WIDTH, Vec, check_shapes, store_rows
 
 comptime Q8_BLOCK = 32
 """Values of K per scale: ggml's `QK8_0`."""
@@ -51,22 +51,7 @@ def q8_row_block[
             comptime for r in range(rows):
                 acc[r] = fma(Vec(x_rows.unsafe_load(r * k_dim + k)), w_row, acc[r])
 
-    var col0 = panel * PANEL
-    var width = min(PANEL, n_dim - col0)
-    var b = Vec(0)
-    if width == PANEL:
-        b = bias.unsafe_load[width=PANEL](col0)
-    else:
-        for j in range(width):
-            b[j] = bias.unsafe_load(col0 + j)
-    comptime for r in range(rows):
-        var out = activate[act](acc[r] + b)
-        var y_row = (row0 + r) * n_dim + col0
-        if width == PANEL:
-            y.unsafe_store(y_row, out)
-        else:
-            for j in range(width):
-                y.unsafe_store(y_row + j, out[j])
+    store_rows[rows, act, True](acc, bias, y, row0, panel, n_dim)
 
 
 def q8_panel_matmul[

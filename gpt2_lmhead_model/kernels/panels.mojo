@@ -47,6 +47,38 @@ def activate[act: Int](v: Vec) -> Vec:
 
 
 @always_inline
+def store_rows[
+    rows: Int, act: Int, has_bias: Bool
+](
+    acc: StaticTuple[Vec, rows],
+    bias: Pointer[Float32, MutAnyOrigin],
+    y: Pointer[Float32, MutAnyOrigin],
+    row0: Int,
+    panel: Int,
+    n_dim: Int,
+):
+    """The end of every panel kernel: bias, activation and a store clipped
+    to N, for `rows` rows of y accumulated over one panel."""
+    var col0 = panel * PANEL
+    var width = min(PANEL, n_dim - col0)
+    var b = Vec(0)
+    comptime if has_bias:
+        if width == PANEL:
+            b = bias.unsafe_load[width=PANEL](col0)
+        else:
+            for j in range(width):
+                b[j] = bias.unsafe_load(col0 + j)
+    comptime for r in range(rows):
+        var out = activate[act](acc[r] + b)
+        var y_row = (row0 + r) * n_dim + col0
+        if width == PANEL:
+            y.unsafe_store(y_row, out)
+        else:
+            for j in range(width):
+                y.unsafe_store(y_row + j, out[j])
+
+
+@always_inline
 def row_block[
     rows: Int, act: Int, has_bias: Bool
 ](
@@ -69,23 +101,7 @@ def row_block[
         comptime for r in range(rows):
             acc[r] = fma(Vec(x_rows.unsafe_load(r * k_dim + k)), w_row, acc[r])
 
-    var col0 = panel * PANEL
-    var width = min(PANEL, n_dim - col0)
-    var b = Vec(0)
-    comptime if has_bias:
-        if width == PANEL:
-            b = bias.unsafe_load[width=PANEL](col0)
-        else:
-            for j in range(width):
-                b[j] = bias.unsafe_load(col0 + j)
-    comptime for r in range(rows):
-        var out = activate[act](acc[r] + b)
-        var y_row = (row0 + r) * n_dim + col0
-        if width == PANEL:
-            y.unsafe_store(y_row, out)
-        else:
-            for j in range(width):
-                y.unsafe_store(y_row + j, out[j])
+    store_rows[rows, act, has_bias](acc, bias, y, row0, panel, n_dim)
 
 
 @always_inline
