@@ -43,6 +43,18 @@ def measure(
     }
 
 
+PROBED = ("read_bandwidth_gbs", "gemm_gflops")
+
+
+def ceiling_figures(machine: dict[str, Any]) -> dict[str, float]:
+    return {key: machine[key] for key in PROBED}
+
+
+def best_of_probes(probes: list[dict[str, float]]) -> dict[str, float]:
+    """The best of each figure over several `measure` runs."""
+    return {key: max(p[key] for p in probes) for key in PROBED}
+
+
 def model_costs(hp: dict[str, Any], context: int) -> dict[str, float]:
     """Bytes read and FLOPs per generated token for a GPT-2 (float32).
 
