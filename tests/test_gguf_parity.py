@@ -6,8 +6,9 @@ so its oracle is `transformers` on the file's own weights, dequantized;
 the quantized matmuls then differ from it only by what the kernels do to
 activations: MAX's `ops.qmatmul` (Q4_0, Q6_K) and our `panel_q4k_linear`
 (Q4_K on CPU) round them to 8 bits, then run integer dot products. Q8_0
-runs on `panel_q8_linear` with float activations. Decoding is teacher-forced with the oracle's tokens,
-so every step compares the two on the same inputs.
+runs on `panel_q8_linear` with float activations. Decoding is
+teacher-forced with the oracle's tokens, so every step compares the two on
+the same inputs.
 
 The config is small (one compile per encoding) but has K-quant-sized rows
 (256) and GPT-2's 50257-token head, which the loader pads for the kernels.
@@ -46,10 +47,10 @@ DECODE_STEPS = 32
 STEPS = DECODE_STEPS + 1
 
 # Relative logit error allowed per encoding (measured: ~1.3e-2 for q4_0,
-# ~1.8e-2 for q6_k and q4_k_m, and for q4_k through MAX's qmatmul). It is
-# the kernels' activation quantization, not the weights': q6_k's weights
-# round-trip 4x closer than q4_k's (tests/test_gguf_convert.py) yet its
-# error here is the same.
+# ~1.8e-2 for q6_k and q4_k_m; q4_k 0.93e-2 on `panel_q4k_linear`, 1.34e-2
+# when it ran on MAX's qmatmul). It is the kernels' activation
+# quantization, not the weights': q6_k's weights round-trip 4x closer than
+# q4_k's (tests/test_gguf_convert.py) yet its error here is no smaller.
 QUANTIZED = {
     # file encoding: (--quantization-encoding, bound)
     "q4_0": ("q4_0", 0.025),
