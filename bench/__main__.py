@@ -17,9 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import gguf
+
 from gpt2_lmhead_model import gpt2_arch
 from gpt2_max.checkpoints import PRESETS, write_checkpoint
 from gpt2_max.gguf_export import write_gguf
+from gpt2_max.gguf_unpack import main_encoding, weights_link
 from gpt2_max.server import MaxServe, ServerProcess
 
 from . import ceilings, engine, peer_llama_cpp, peer_venv, peer_vllm, peers, report
@@ -28,6 +31,7 @@ from .peer_venv import PeerUnavailable
 from .peer_vllm import VllmServe
 
 PEERS = ("llama.cpp", "vllm")
+DEFAULT_ENCODINGS = "q4_0,q4_k,q6_k,f16,bf16"
 
 TEXT = (
     "The harbour was quiet in the early morning, and the fishing boats rocked "
@@ -195,13 +199,14 @@ def measure_gguf(
     """Ours on the checkpoint converted to a GGUF `encoding`: one and many
     streams served, and the engine alone."""
     path = write_gguf_once(checkpoint, out, encoding)
+    served_encoding, weight_path = gguf_serving(path)
     args = [
         "--devices",
         "cpu",
         "--quantization-encoding",
-        encoding,
+        served_encoding,
         "--weight-path",
-        str(path),
+        str(weight_path),
     ]
     result = serve_and_measure(
         f"ours-{encoding}",
@@ -218,7 +223,7 @@ def measure_gguf(
     print(f"[ours-{encoding}] engine alone", flush=True)
     result["engine"] = {
         str(b): engine.decode_tokens_per_second(
-            checkpoint, b, encoding=encoding, weight_path=path
+            checkpoint, b, encoding=served_encoding, weight_path=weight_path
         )
         for b in (levels[0], levels[-1])
     }
@@ -279,11 +284,12 @@ def measure_xl(
     ours: dict[str, Any] = {}
     for encoding, path in files.items():
         print(f"[xl] ours engine alone, {encoding}", flush=True)
+        served_encoding, weight_path = gguf_serving(path)
         ours[encoding] = engine.decode_tokens_per_second(
             checkpoint,
             1,
-            encoding="float32" if encoding == "f32" else encoding,
-            weight_path=None if encoding == "f32" else path,
+            encoding=served_encoding,
+            weight_path=None if encoding == "f32" else weight_path,
             steps=24,
             warmup=3,
         )
@@ -302,6 +308,15 @@ def write_gguf_once(checkpoint: Path, out: Path, encoding: str) -> Path:
     return path
 
 
+def gguf_serving(path: Path) -> tuple[str, Path]:
+    """The `--quantization-encoding` and `--weight-path` MAX is given for a
+    GGUF file, as `./run serve FILE.gguf` gives them (`gguf_unpack`)."""
+    encoding = main_encoding(gguf.GGUFReader(path))
+    links = path.parent / f"{path.stem}-link"
+    links.mkdir(exist_ok=True)
+    return encoding, weights_link(path, links, encoding)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -317,7 +332,7 @@ def main() -> None:
         "--encodings",
         default=None,
         help="GGUF encodings to measure next to float32, comma-separated "
-        "(default q4_0,q4_k,q6_k; --quick: q4_0; '' for none)",
+        f"(default {DEFAULT_ENCODINGS}; --quick: q4_0; '' for none)",
     )
     parser.add_argument(
         "--peers",
@@ -350,7 +365,7 @@ def main() -> None:
     ttft_lengths = [8] if opts.quick else [32, 512]
     hf_batches = [1, 2] if opts.quick else [1, 4, 16, 32]
     cold = not (opts.quick or opts.no_cold)
-    default_encodings = "q4_0" if opts.quick else "q4_0,q4_k,q6_k"
+    default_encodings = "q4_0" if opts.quick else DEFAULT_ENCODINGS
     encodings = split_list(opts.encodings, default_encodings)
     peers_requested = split_list(opts.peers, "" if opts.quick else ",".join(PEERS))
     unknown = set(peers_requested) - set(PEERS)
@@ -459,7 +474,7 @@ def main() -> None:
         )
     if xl:
         results["xl"] = measure_xl(
-            out, ["f32", "q4_k"], peers_requested, opts.peers_dir, threads
+            out, ["f32", "f16", "q4_k"], peers_requested, opts.peers_dir, threads
         )
     results["load_average"]["end"] = os.getloadavg()
     # A ceiling is the best the machine was seen to do: a probe of a few

@@ -3,10 +3,12 @@
 A GGUF GPT-2 differs from a Hugging Face checkpoint in three ways:
 - names: llama.cpp's (`token_embd`, `blk.N.attn_qkv`, `ffn_up`, ...);
 - layout: matrices are already `[out, in]`, as a `Linear` wants them;
-- encodings: matrices may be ggml blocks. On CPU, Q8_0 and Q4_K ones are
-  repacked for this package's panel kernels (`REPACKED`); Q4_0, Q6_K (and
-  Q4_K off the CPU) stay packed for MAX's quantized matmuls. Any other
-  encoding (F16, Q5_K, ...), and every vector, is dequantized at load.
+- encodings: matrices may be ggml blocks or half floats. On CPU, Q8_0 and
+  Q4_K ones are repacked for this package's panel kernels (`REPACKED`),
+  and F16/BF16 ones (what llama.cpp's converter writes by default) stay
+  half-width for them (`HALF_FLOATS`); Q4_0, Q6_K (and Q4_K off the CPU)
+  stay packed for MAX's quantized matmuls. Any other encoding (Q5_K, ...,
+  and F16/BF16 off the CPU), and every vector, is dequantized at load.
 The file's metadata must agree with `config.json` and its tensors with
 both; anything else is refused, naming the key or tensor.
 """
@@ -27,11 +29,12 @@ from max.graph.weights import WeightData, Weights
 from max.pipelines.lib import PipelineConfig
 from transformers import AutoConfig
 
-from .kernels.panels import pack_q4k_panels, pack_q8_panels
+from .kernels.panels import pack_panels, pack_q4k_panels, pack_q8_panels
 from .model_config import hyperparameters, validate_hf_config
 from .weight_adapters import (
     CheckpointMismatch,
     Dims,
+    from_raw_array,
     graph_weight_shapes,
     pack_panel_weights,
     panel_target,
@@ -218,14 +221,29 @@ REPACKED = {
 }
 
 
+# Half-float matrices the panel kernels stream as they are on CPU (half the
+# bytes of float32, widened exactly in registers): ggml type -> the dtype
+# and the name `GPT2Config.panel_ggml_weights` gives them.
+HALF_FLOATS = {
+    gguf.GGMLQuantizationType.F16: (DType.float16, "f16"),
+    gguf.GGMLQuantizationType.BF16: (DType.bfloat16, "bf16"),
+}
+
+
 def panel_ggml_weights(state_dict: Mapping[str, object]) -> dict[str, str]:
     """Graph weight name -> ggml encoding, for the matrices `adapt_tensors`
-    repacked (see `GPT2Config.panel_ggml_weights`)."""
+    repacked and the half-float ones packed in panels (see
+    `GPT2Config.panel_ggml_weights`)."""
     found = {}
     for encoding, marker, _ in REPACKED.values():
         for name in state_dict:
             if name.endswith(".weight" + marker):
                 found[name.removesuffix(marker)] = encoding
+    half = {dtype: encoding for dtype, encoding in HALF_FLOATS.values()}
+    for name, data in state_dict.items():
+        dtype, shape = getattr(data, "dtype", None), getattr(data, "shape", ())
+        if dtype in half and len(shape) == 3 and name.endswith(".weight"):
+            found[name] = half[dtype]  # `[panels, K, PANEL]`
     return found
 
 
@@ -234,6 +252,16 @@ def _repacked(tensor: gguf.ReaderTensor, name: str) -> dict[str, WeightData]:
     rows = _rows_cols(tensor)[0]
     blocks = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1)
     return REPACKED[tensor.tensor_type][2](blocks, name)
+
+
+def _half(tensor: gguf.ReaderTensor, name: str) -> WeightData:
+    """An F16/BF16 matrix in panels, in its own dtype (bfloat16 as its raw
+    16-bit words): columns of the panels are the file's rows."""
+    dtype, _ = HALF_FLOATS[tensor.tensor_type]
+    words = np.asarray(tensor.data).view(np.uint16).reshape(_rows_cols(tensor))
+    if dtype == DType.float16:
+        words = words.view(np.float16)
+    return from_raw_array(pack_panels(words.T), name, dtype)
 
 
 def _dequantized(tensor: gguf.ReaderTensor, name: str, dtype: DType) -> WeightData:
@@ -254,7 +282,7 @@ def adapt_tensors(
     """Renames, keeps kernel-encoded matrices packed, dequantizes the rest.
 
     With `repack` (CPU) the `REPACKED` encodings are repacked for the panel
-    kernels instead.
+    kernels instead, and `HALF_FLOATS` matrices packed in half-width panels.
 
     `wte` is always dequantized: a lookup reads one row per token, so its
     encoding saves memory, not time, and MAX 26.7's gather + dequantize of
@@ -269,6 +297,8 @@ def adapt_tensors(
         tensor = tensors[source]
         if _stays_packed(target) and repack and tensor.tensor_type in REPACKED:
             out.update(_repacked(tensor, target))
+        elif _stays_packed(target) and repack and tensor.tensor_type in HALF_FLOATS:
+            out[target] = _half(tensor, target)
         elif tensor.tensor_type in KERNEL_ENCODINGS and _stays_packed(target):
             out[target] = _packed(tensor, target)
         else:
@@ -276,6 +306,8 @@ def adapt_tensors(
     wte = tensors[next(src for src, dst in targets.items() if dst == "wte.weight")]
     if "lm_head.weight" not in out and repack and wte.tensor_type in REPACKED:
         out.update(_repacked(wte, "lm_head.weight"))  # tied
+    elif "lm_head.weight" not in out and repack and wte.tensor_type in HALF_FLOATS:
+        out["lm_head.weight"] = _half(wte, "lm_head.weight")  # tied
     elif "lm_head.weight" not in out and wte.tensor_type in KERNEL_ENCODINGS:
         out["lm_head.weight"] = _packed(wte, "lm_head.weight")  # tied
     head = out.get("lm_head.weight")

@@ -391,9 +391,34 @@ class PanelQ4KLinear(PanelGGMLLinear):
         )
 
 
+class PanelHalfLinear(PanelGGMLLinear):
+    """F16 or BF16 through `panel_linear`: half-width panels (`_half` in
+    `gguf_weights`), widened exactly to float32 in registers, so the math
+    is float32's on the file's own weights at half the bytes."""
+
+    weight_dtype: DType
+
+    def _declare_weights(self, in_dim: int, panels: int, device: DeviceRef) -> None:
+        shape = (panels, in_dim, PANEL)
+        self.weight = Weight("weight", self.weight_dtype, shape, device)
+
+    def _kernel(self, x: TensorValue, bias: TensorValue, fused: int) -> TensorValue:
+        return panel_linear(x, self.weight.to(x.device), bias, fused)
+
+
+class PanelF16Linear(PanelHalfLinear):
+    weight_dtype = DType.float16
+
+
+class PanelBF16Linear(PanelHalfLinear):
+    weight_dtype = DType.bfloat16
+
+
 PANEL_GGML_LAYERS: dict[str, type[PanelGGMLLinear]] = {
     "q8_0": PanelQ8Linear,
     "q4_k": PanelQ4KLinear,
+    "f16": PanelF16Linear,
+    "bf16": PanelBF16Linear,
 }
 """The ggml encodings `GPT2Config.panel_ggml_weights` may name."""
 
@@ -405,10 +430,10 @@ def linear(
     out_dim: int,
     activation: str | None = None,
 ) -> Linear | QuantizedLinear | PanelLinear | PanelGGMLLinear:
-    """A biased projection: ggml-quantized if the checkpoint stores `name`
-    so (Q8_0 and Q4_K repacked for a panel kernel on CPU), else the panel kernel on
-    CPU float32, else MAX's `Linear`. `activation` is applied only by the
-    panel layers; callers apply it to the others."""
+    """A biased projection: ggml-encoded if the checkpoint stores `name` so
+    (Q8_0, Q4_K, F16 and BF16 repacked for a panel kernel on CPU), else the
+    panel kernel on CPU float32, else MAX's `Linear`. `activation` is
+    applied only by the panel layers; callers apply it to the others."""
     encoding = config.quantized_weights.get(name + ".weight")
     if encoding is not None:
         return QuantizedLinear(in_dim, out_dim, encoding, config)

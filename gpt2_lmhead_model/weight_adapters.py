@@ -268,19 +268,24 @@ def pack_panel_weights(weights: Mapping[str, WeightData]) -> dict[str, WeightDat
     """The float matrices in the panel kernels' layout (`pack_panels`).
 
     Block matrices arrive `[out, in]` (a `Linear`'s layout), the head
-    `[in, out]` (`lm_head_in_out`); ggml-encoded ones stay as they are.
+    `[in, out]` (`lm_head_in_out`); ggml-encoded ones, and ones a GGUF
+    adapter already packed, stay as they are.
     """
     out = dict(weights)
     for name, data in weights.items():
-        if data.quantization_encoding is not None or not data.dtype.is_float():
-            continue  # ggml blocks, or Q8_0 already in int8 panels
+        if (
+            data.quantization_encoding is not None
+            or not data.dtype.is_float()
+            or len(data.shape) != 2
+        ):
+            continue  # ggml blocks, or already in panels
         if CONV1D_WEIGHTS.match(name):
-            w_in_out = np.from_dlpack(data.data).T
+            w_in_out = raw_array(data).T
         elif name == "lm_head.weight":
-            w_in_out = np.from_dlpack(data.data)
+            w_in_out = raw_array(data)
         else:
             continue
-        out[name] = WeightData.from_numpy(pack_panels(w_in_out), name)
+        out[name] = from_raw_array(pack_panels(w_in_out), name, data.dtype)
     return out
 
 
@@ -315,12 +320,22 @@ def adapt_weights(
 
 
 def transpose(data: WeightData, name: str) -> WeightData:
-    """`[in, out]` -> `[out, in]`; bfloat16 moves as its raw 16-bit words."""
+    """`[in, out]` -> `[out, in]`, in the same dtype."""
+    moved = np.ascontiguousarray(raw_array(data).T)
+    return from_raw_array(moved, name, data.dtype)
+
+
+def raw_array(data: WeightData) -> np.ndarray:
+    """The tensor as NumPy, bfloat16 (which NumPy lacks) as its raw 16-bit
+    words, so it can be moved without being rounded or widened."""
     if data.dtype == DType.bfloat16:
-        raw = data.to_buffer().view(DType.uint16).to_numpy()
-        moved = Buffer.from_numpy(np.ascontiguousarray(raw.T))
-        return WeightData(
-            moved.view(DType.bfloat16), name, DType.bfloat16, Shape(moved.shape)
-        )
-    array = np.ascontiguousarray(np.from_dlpack(data.data).T)
-    return WeightData.from_numpy(array, name)
+        return data.to_buffer().view(DType.uint16).to_numpy()
+    return np.from_dlpack(data.data)
+
+
+def from_raw_array(array: np.ndarray, name: str, dtype: DType) -> WeightData:
+    """The inverse of `raw_array`."""
+    if dtype == DType.bfloat16:
+        words = Buffer.from_numpy(np.ascontiguousarray(array, dtype=np.uint16))
+        return WeightData(words.view(DType.bfloat16), name, dtype, Shape(array.shape))
+    return WeightData.from_numpy(np.ascontiguousarray(array), name)

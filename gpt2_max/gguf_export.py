@@ -27,12 +27,14 @@ from gpt2_lmhead_model.weight_adapters import plan_weights
 from .gguf_quants import quantize
 from .tokenizer_files import EOT, read_tokenizer, tokens_by_id
 
-ENCODINGS = ("f32", "q4_0", "q4_k", "q6_k", "q4_k_m")
+ENCODINGS = ("f32", "f16", "bf16", "q4_0", "q4_k", "q6_k", "q4_k_m")
 
 # general.file_type: llama.cpp's name for the file's dominant encoding. The
 # plain q4_k file is labelled Q4_K_S, the nearest ftype llama.cpp has.
 FILE_TYPES = {
     "f32": LlamaFileType.ALL_F32,
+    "f16": LlamaFileType.MOSTLY_F16,
+    "bf16": LlamaFileType.MOSTLY_BF16,
     "q4_0": LlamaFileType.MOSTLY_Q4_0,
     "q4_k": LlamaFileType.MOSTLY_Q4_K_S,
     "q6_k": LlamaFileType.MOSTLY_Q6_K,
@@ -40,6 +42,8 @@ FILE_TYPES = {
 }
 _MATRIX_TYPES = {
     "f32": GGMLQuantizationType.F32,
+    "f16": GGMLQuantizationType.F16,
+    "bf16": GGMLQuantizationType.BF16,
     "q4_0": GGMLQuantizationType.Q4_0,
     "q4_k": GGMLQuantizationType.Q4_K,
     "q6_k": GGMLQuantizationType.Q6_K,

@@ -1,6 +1,6 @@
 """ggml's Q4_K and Q6_K quantizers in numpy, next to the formats `gguf` has.
 
-`gguf.quants.quantize` covers F32, F16, Q8_0 and Q4_0 but raises
+`gguf.quants.quantize` covers F32, F16, BF16, Q8_0 and Q4_0 but raises
 NotImplementedError for the K-quants, which are what llama.cpp's Q4_K_M and
 Q6_K files hold and what MAX's CPU matmuls read. The two quantizers here
 follow ggml's reference code (ggml-quants.c: `quantize_row_q4_K_ref` with
@@ -324,4 +324,8 @@ _BLOCK_QUANTIZERS = {
     GGMLQuantizationType.Q6_K: _q6_k_blocks,
 }
 # Formats whose quantizer `gguf` ships (bit-exact with ggml's reference).
-_GGUF_QUANTIZED = {GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_0}
+_GGUF_QUANTIZED = {
+    GGMLQuantizationType.Q8_0,
+    GGMLQuantizationType.Q4_0,
+    GGMLQuantizationType.BF16,  # round to nearest even, as llama.cpp
+}

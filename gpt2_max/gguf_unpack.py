@@ -20,6 +20,7 @@ from typing import Any
 
 import gguf
 import numpy as np
+from max.pipelines.modeling.config_enums import parse_supported_encoding_from_file_name
 from transformers import GPT2Config
 
 from gpt2_lmhead_model.gguf_weights import (
@@ -52,7 +53,7 @@ _SPECIAL_IDS = {
 @dataclass
 class Unpacked:
     model_dir: Path  # config.json and tokenizer files
-    weight_path: Path  # the GGUF file, absolute
+    weight_path: Path  # the GGUF file (or `weights_link`'s link to it), absolute
     encoding: str  # --quantization-encoding for it
 
     def serve_flags(self) -> list[str]:
@@ -108,7 +109,25 @@ def unpack(gguf_path: str | Path, out_dir: str | Path) -> Unpacked:
     write_vocab_and_merges(
         tokenizer, out, {"model_max_length": config["n_positions"], **special}
     )
-    return Unpacked(out.resolve(), path, main_encoding(reader))
+    encoding = main_encoding(reader)
+    return Unpacked(out.resolve(), weights_link(path, out, encoding), encoding)
+
+
+def weights_link(path: Path, out: Path, encoding: str) -> Path:
+    """`path`, or a link to it in `out` whose name MAX cannot misread.
+
+    MAX 26.7 guesses an encoding from the weight file's name and, when it
+    differs from `--quantization-encoding`, casts to it or refuses: a file
+    named `*bf16*.gguf` is refused on CPU ("bfloat16 is not supported on
+    this device"), though its BF16 matrices run here (half-width panels).
+    """
+    guessed = parse_supported_encoding_from_file_name(path.name)
+    if guessed is None or guessed == encoding:
+        return path
+    link = out.resolve() / "weights.gguf"
+    link.unlink(missing_ok=True)
+    link.symlink_to(path)
+    return link
 
 
 def config_from_metadata(

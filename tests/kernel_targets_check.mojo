@@ -134,27 +134,28 @@ def check_q4k() raises:
         print("q4k rows", m_dim, "max_abs_error", worst)
 
 
-def main() raises:
-    print("simd_width", SIMD_WIDTH, "max_rows", MAX_ROWS, "q8_rows", Q8_ROWS, "q4k_rows", Q4K_ROWS)
+def check_panels[wdt: DType](label: StaticString) raises:
+    """`panel_matmul` over panels of `wdt`: the integer weights are exact in
+    float32, bfloat16 and float16 alike, so every width must agree."""
     comptime M = 19
     comptime K = 37
     comptime N = 77
     comptime P = (N + PANEL - 1) // PANEL
     var x = alloc[Float32](M * K)
-    var w = alloc[Float32](P * K * PANEL)
+    var w = alloc[Scalar[wdt]](P * K * PANEL)
     var b = alloc[Float32](N)
     var y = alloc[Float32](M * N)
     for i in range(M * K):
         x[i] = Float32((i * 7) % 13) - 6.0
     for i in range(P * K * PANEL):
-        w[i] = 0.0
+        w[i] = 0
     for k in range(K):
         for n in range(N):
-            w[(n // PANEL) * K * PANEL + k * PANEL + n % PANEL] = weight(k, n)
+            w[(n // PANEL) * K * PANEL + k * PANEL + n % PANEL] = weight(k, n).cast[wdt]()
     for n in range(N):
         b[n] = Float32(n % 4)
     for m_dim in range(1, M + 1):
-        panel_matmul[ACT_NONE, True](
+        panel_matmul[ACT_NONE, True, wdt](
             x.unsafe_origin_cast[MutAnyOrigin](),
             w.unsafe_origin_cast[MutAnyOrigin](),
             b.unsafe_origin_cast[MutAnyOrigin](),
@@ -170,6 +171,13 @@ def main() raises:
                 for k in range(K):
                     want += x[m * K + k] * weight(k, n)
                 worst = max(worst, abs(y[m * N + n] - want))
-        print("rows", m_dim, "max_abs_error", worst)
+        print(label, "rows", m_dim, "max_abs_error", worst)
+
+
+def main() raises:
+    print("simd_width", SIMD_WIDTH, "max_rows", MAX_ROWS, "q8_rows", Q8_ROWS, "q4k_rows", Q4K_ROWS)
+    check_panels[DType.float32]("f32")
+    check_panels[DType.bfloat16]("bf16")
+    check_panels[DType.float16]("f16")
     check_q8()
     check_q4k()

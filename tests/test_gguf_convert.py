@@ -115,8 +115,16 @@ TINY = {
 }
 MATRICES = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
 # Pinned here, not read from the converter, so an encoding it drops fails.
-ENCODINGS = ("f32", "q4_0", "q4_k", "q6_k", "q4_k_m")
-FILE_TYPES = {"f32": 0, "q4_0": 2, "q4_k": 14, "q6_k": 18, "q4_k_m": 15}
+ENCODINGS = ("f32", "f16", "bf16", "q4_0", "q4_k", "q6_k", "q4_k_m")
+FILE_TYPES = {
+    "f32": 0,
+    "f16": 1,
+    "bf16": 32,
+    "q4_0": 2,
+    "q4_k": 14,
+    "q6_k": 18,
+    "q4_k_m": 15,
+}
 
 
 def test_converter_offers_every_encoding():
@@ -155,6 +163,8 @@ def _hf_tensors(checkpoint) -> dict[str, np.ndarray]:
 def _expected_types(encoding: str, n_layer: int) -> dict[str, T]:
     matrix = {
         "f32": T.F32,
+        "f16": T.F16,
+        "bf16": T.BF16,
         "q4_0": T.Q4_0,
         "q4_k": T.Q4_K,
         "q6_k": T.Q6_K,
@@ -301,6 +311,33 @@ def test_quantized_tensors_are_close(tiny, readers, encoding):
         else:
             err = _rel_err(back, want)
             assert err < BOUNDS[tensor.tensor_type], (tensor.name, err)
+
+
+def _bf16_rounded(x: np.ndarray) -> np.ndarray:
+    """x rounded to bfloat16 (nearest, ties to even), as float32."""
+    bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+    return bits.astype(np.uint32).view(np.float32)
+
+
+@pytest.mark.parametrize("encoding", ["f16", "bf16"])
+def test_half_float_tensors_are_the_rounded_checkpoint(tiny, readers, encoding):
+    """Matrices hold the checkpoint's values rounded to the half type (as
+    `convert_hf_to_gguf.py --outtype` writes them); vectors stay exact."""
+    expected = {gguf_name(n): a for n, a in _hf_tensors(tiny).items()}
+    expected["output.weight"] = expected["token_embd.weight"]
+    rounded = {
+        "f16": lambda a: a.astype(np.float16).astype(np.float32),
+        "bf16": _bf16_rounded,
+    }[encoding]
+    for tensor in readers[encoding].tensors:
+        back = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        back = back.reshape(rows_cols(tensor))
+        want = expected[tensor.name]
+        if tensor.tensor_type != T.F32:
+            want = rounded(want)
+            assert not np.array_equal(want, expected[tensor.name]), tensor.name
+        assert np.array_equal(back, want), tensor.name
 
 
 def test_untied_prefixed_checkpoint_with_odd_rows(tmp_path, capsys):

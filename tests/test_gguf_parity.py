@@ -21,6 +21,7 @@ import pytest
 
 from gpt2_max.checkpoints import DISTILGPT2_CONFIG, write_checkpoint
 from gpt2_max.gguf_export import write_gguf
+from gpt2_max.gguf_unpack import unpack
 from gpt2_max.parity import (
     compare,
     max_greedy_decode,
@@ -142,6 +143,42 @@ def test_q8_0_matrices_match_their_dequantized_weights(tmp_path, tokenizer):
     oracle = transformers_greedy_decode(reference, prompts, STEPS)
     ours = max_greedy_decode(
         checkpoint, prompts, STEPS, encoding="q4_k", weight_path=path
+    )
+    report = compare(ours, oracle, prompts)
+    for prompt in report.prompts:
+        assert prompt.first_divergence is None, prompt
+        assert prompt.max_rel_error <= TOLERANCE, prompt.max_rel_error
+
+
+@pytest.mark.parametrize("file_encoding", ["f16", "bf16"])
+def test_half_float_gguf_matches_its_own_weights(small, file_encoding):
+    """F16/BF16 matrices stream half-width through the panel kernels and are
+    widened exactly in registers: float32 math on the file's own weights,
+    so held to the float32 bar (teacher-forced, as rounding the weights
+    moves the greedy path away from the float32 checkpoint's)."""
+    import gguf
+
+    root, checkpoint, prompts = small
+    path = write_gguf(checkpoint, root / f"small-{file_encoding}.gguf", file_encoding)
+    # As `./run serve FILE.gguf` does: config and tokenizer from the file's
+    # metadata, and a weight path MAX 26.7 does not misread ("bf16").
+    bare = unpack(path, root / f"bare-{file_encoding}")
+    half = {
+        "f16": gguf.GGMLQuantizationType.F16,
+        "bf16": gguf.GGMLQuantizationType.BF16,
+    }
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
+    assert types["blk.0.attn_qkv.weight"] == half[file_encoding]
+    reference = dequantized_checkpoint(path, checkpoint, root / f"ref-{file_encoding}")
+    oracle = transformers_greedy_decode(reference, prompts, STEPS)
+    assert bare.encoding == "float32"
+    ours = max_greedy_decode(
+        bare.model_dir,
+        prompts,
+        STEPS,
+        encoding="float32",
+        weight_path=bare.weight_path,
+        forced=oracle.tokens,
     )
     report = compare(ours, oracle, prompts)
     for prompt in report.prompts:

@@ -253,3 +253,53 @@ def test_q4_k_matrices_are_repacked_for_the_q4k_kernel_on_cpu(files):
     assert "q4_k" in repacked.values()
     assert "lm_head.weight" not in repacked  # Q6_K in Q4_K_M
     assert out["lm_head.weight"].quantization_encoding == QuantizationEncoding.Q6_K
+
+
+@pytest.mark.parametrize("encoding", ["f16", "bf16"])
+def test_half_float_matrices_stay_half_width_in_panels_on_cpu(tmp_path, encoding):
+    """F16/BF16 matrices (and the tied head) become half-width panels
+    holding exactly the stored values, in the file's own dtype; elsewhere
+    (a GPU) they are widened to float32 at load."""
+    from gpt2_lmhead_model.kernels.panels import PANEL, pack_panels
+    from gpt2_lmhead_model.weight_adapters import raw_array
+
+    dtype = {"f16": DType.float16, "bf16": DType.bfloat16}[encoding]
+    checkpoint = write_checkpoint(tmp_path / "ckpt", CONFIG, seed=7)
+    tensors = _tensors(write_gguf(checkpoint, tmp_path / "half.gguf", encoding))
+    hf_config = AutoConfig.from_pretrained(checkpoint)
+    out = adapt_tensors(tensors, hf_config, DType.float32, True, repack=True)
+    repacked = panel_ggml_weights(out)
+    for name, stored_name in [
+        *((f"h.1.{m}.weight", gguf_name(f"h.1.{m}.weight")) for m in MATMULS),
+        ("lm_head.weight", "token_embd.weight"),  # tied: the head is wte's
+    ]:
+        stored = tensors[stored_name]
+        assert stored.tensor_type.name == encoding.upper()
+        assert repacked[name] == encoding and out[name].dtype == dtype
+        words = (
+            np.asarray(stored.data)
+            .view(np.uint16)
+            .reshape([int(d) for d in reversed(stored.shape.tolist())])
+        )
+        packed = raw_array(out[name]).view(np.uint16)
+        assert packed.shape[2] == PANEL
+        assert np.array_equal(packed, pack_panels(words.T))
+    assert out["wte.weight"].dtype == DType.float32  # gathered, widened
+    off = adapt_tensors(tensors, hf_config, DType.float32, False)
+    assert off["h.1.mlp.c_fc.weight"].dtype == DType.float32
+    assert panel_ggml_weights(off) == {}
+
+
+def test_a_bf16_file_name_is_linked_under_one_max_does_not_misread(tmp_path):
+    """MAX 26.7 reads `bf16` in a weight file's name as a cast to bfloat16,
+    which it refuses on CPU; `unpack` hands MAX a link instead."""
+    from gpt2_max.gguf_unpack import unpack
+
+    checkpoint = write_checkpoint(tmp_path / "ckpt", CONFIG, seed=7)
+    path = write_gguf(checkpoint, tmp_path / "gpt2-BF16.gguf", "bf16")
+    bare = unpack(path, tmp_path / "bare")
+    assert bare.encoding == "float32"
+    assert bare.weight_path.name == "weights.gguf"
+    assert bare.weight_path.resolve() == path.resolve()
+    plain = write_gguf(checkpoint, tmp_path / "gpt2-q4.gguf", "q4_k")
+    assert unpack(plain, tmp_path / "bare-q4").weight_path == plain.resolve()

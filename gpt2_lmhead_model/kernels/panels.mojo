@@ -6,6 +6,10 @@ The weights are packed once at load as panels `[ceil(N / PANEL), K, PANEL]`
 (zero-padded past N): each panel is one contiguous run of memory, read
 front to back while `MR` rows of `x` accumulate in registers. Panels are
 split evenly over the runtime's worker threads.
+
+The panels may hold float32 or half-width weights (bfloat16, float16: a
+GGUF file's F16/BF16 matrices), which stream half the bytes; each is
+widened to float32 in registers, exactly, and the math is float32's.
 """
 
 from std.runtime import parallelism_level
@@ -16,6 +20,8 @@ from std.utils import StaticTuple
 from max.algorithm import sync_parallelize
 
 comptime F32 = DType.float32
+comptime BF16 = DType.bfloat16
+comptime F16 = DType.float16
 comptime PANEL = 32
 """Columns per panel; `panel_matmul.PANEL` on the Python side packs to it."""
 comptime SIMD_WIDTH = simd_width_of[F32]()
@@ -78,12 +84,17 @@ def store_rows[
                 y.unsafe_store(y_row + j, out[j])
 
 
+def is_panel_dtype[wdt: DType]() -> Bool:
+    """The weight types `panel_matmul` streams."""
+    return wdt == F32 or wdt == BF16 or wdt == F16
+
+
 @always_inline
 def row_block[
-    rows: Int, act: Int, has_bias: Bool
+    rows: Int, act: Int, has_bias: Bool, wdt: DType
 ](
     x: Pointer[Float32, MutAnyOrigin],
-    w: Pointer[Float32, MutAnyOrigin],
+    w: Pointer[Scalar[wdt], MutAnyOrigin],
     bias: Pointer[Float32, MutAnyOrigin],
     y: Pointer[Float32, MutAnyOrigin],
     row0: Int,
@@ -97,7 +108,7 @@ def row_block[
     var w_panel = w.unsafe_offset(panel * k_dim * PANEL)
     var x_rows = x.unsafe_offset(row0 * k_dim)
     for k in range(k_dim):
-        var w_row = w_panel.unsafe_load[width=PANEL](k * PANEL)
+        var w_row = w_panel.unsafe_load[width=PANEL](k * PANEL).cast[F32]()
         comptime for r in range(rows):
             acc[r] = fma(Vec(x_rows.unsafe_load(r * k_dim + k)), w_row, acc[r])
 
@@ -106,10 +117,10 @@ def row_block[
 
 @always_inline
 def panel_rows[
-    act: Int, has_bias: Bool
+    act: Int, has_bias: Bool, wdt: DType
 ](
     x: Pointer[Float32, MutAnyOrigin],
-    w: Pointer[Float32, MutAnyOrigin],
+    w: Pointer[Scalar[wdt], MutAnyOrigin],
     bias: Pointer[Float32, MutAnyOrigin],
     y: Pointer[Float32, MutAnyOrigin],
     m_dim: Int,
@@ -121,26 +132,27 @@ def panel_rows[
     in cache between row blocks."""
     var row0 = 0
     while m_dim - row0 >= MAX_ROWS:
-        row_block[MAX_ROWS, act, has_bias](x, w, bias, y, row0, panel, k_dim, n_dim)
+        row_block[MAX_ROWS, act, has_bias, wdt](x, w, bias, y, row0, panel, k_dim, n_dim)
         row0 += MAX_ROWS
     var left = m_dim - row0
     comptime for rows in range(1, MAX_ROWS):
         if left == rows:
-            row_block[rows, act, has_bias](x, w, bias, y, row0, panel, k_dim, n_dim)
+            row_block[rows, act, has_bias, wdt](x, w, bias, y, row0, panel, k_dim, n_dim)
 
 
 def panel_matmul[
-    act: Int, has_bias: Bool
+    act: Int, has_bias: Bool, wdt: DType = F32
 ](
     x: Pointer[Float32, MutAnyOrigin],
-    w: Pointer[Float32, MutAnyOrigin],
+    w: Pointer[Scalar[wdt], MutAnyOrigin],
     bias: Pointer[Float32, MutAnyOrigin],
     y: Pointer[Float32, MutAnyOrigin],
     m_dim: Int,
     k_dim: Int,
     n_dim: Int,
 ):
-    """Computes y[m_dim, n_dim] = act(x[m_dim, k_dim] @ W + bias), W packed in panels."""
+    """Computes y[m_dim, n_dim] = act(x[m_dim, k_dim] @ W + bias), W packed
+    in panels of `wdt` (`is_panel_dtype`)."""
     var panels = (n_dim + PANEL - 1) // PANEL
     var workers = min(parallelism_level(), panels)
     if m_dim == 0 or workers <= 0:
@@ -150,7 +162,7 @@ def panel_matmul[
         var first = worker * panels // workers
         var last = (worker + 1) * panels // workers
         for panel in range(first, last):
-            panel_rows[act, has_bias](x, w, bias, y, m_dim, panel, k_dim, n_dim)
+            panel_rows[act, has_bias, wdt](x, w, bias, y, m_dim, panel, k_dim, n_dim)
 
     sync_parallelize(work, workers)
 
