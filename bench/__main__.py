@@ -234,19 +234,24 @@ def measure_gguf(
 def alternate_one_stream(
     checkpoint: Path, f32_gguf: Path, peers_dir: Path, threads: int, rounds: int
 ) -> dict[str, Any]:
-    """Ours (engine alone) and llama.cpp, one stream, float32, in turns.
+    """Ours (engine alone) and llama.cpp, one stream, float32, in turns,
+    each turn of ours just after a bandwidth probe.
 
-    Single figures of either move 10-15 % run to run on these machines;
-    rounds of both let drifting load hit both alike, and the floor is the
-    ratio of the medians."""
+    Single figures of either move 10-30 % run to run on these machines, and
+    the machine's bandwidth with them (probes of 33 and 58 GB/s in one
+    run): rounds of both let drifting load hit both alike, and the floors
+    are the ratio of the medians and the median of each turn's share of
+    the bandwidth probed beside it."""
     try:
         python = peer_llama_cpp.install(peers_dir)
     except PeerUnavailable as e:
         return {"skipped": str(e)}
     ours: list[float] = []
     theirs: list[float] = []
+    bandwidth: list[float] = []
     for turn in range(rounds):
         print(f"[one stream] round {turn + 1} of {rounds}", flush=True)
+        bandwidth.append(ceilings.read_bandwidth_gbs(threads))
         ours.append(
             engine.decode_tokens_per_second(checkpoint, 1, architecture=gpt2_arch)[
                 "tokens_per_second"
@@ -259,6 +264,7 @@ def alternate_one_stream(
     return {
         "ours": ours,
         "llama.cpp": theirs,
+        "bandwidth_gbs": bandwidth,
         "ratio_of_medians": statistics.median(ours) / statistics.median(theirs),
     }
 

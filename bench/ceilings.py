@@ -28,19 +28,26 @@ def measure(
     float32 matmul rate, both with `threads` threads, best of several runs."""
     import torch
 
-    torch.set_num_threads(threads)
-    x = torch.ones(bandwidth_mib * 2**20 // 4, dtype=torch.float32)
-    x.sum()
-    read_s = _best_of(5, lambda: x.sum())
+    bandwidth = read_bandwidth_gbs(threads, bandwidth_mib)
     a = torch.randn(gemm_n, gemm_n)
     b = torch.randn(gemm_n, gemm_n)
     a @ b
     gemm_s = _best_of(5, lambda: a @ b)
     return {
         "threads": threads,
-        "read_bandwidth_gbs": x.numel() * 4 / read_s / 1e9,
+        "read_bandwidth_gbs": bandwidth,
         "gemm_gflops": 2 * gemm_n**3 / gemm_s / 1e9,
     }
+
+
+def read_bandwidth_gbs(threads: int, mib: int = 1024) -> float:
+    """GB/s of a `threads`-thread sum over `mib` MiB, best of five."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(mib * 2**20 // 4, dtype=torch.float32)
+    x.sum()
+    return x.numel() * 4 / _best_of(5, lambda: x.sum()) / 1e9
 
 
 PROBED = ("read_bandwidth_gbs", "gemm_gflops")

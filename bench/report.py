@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,20 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def _bandwidth_share_in_turns(results: dict[str, Any]) -> float | None:
+    """The median over the one-stream turns of our float32 engine's bytes
+    per second over the bandwidth probed just before it."""
+    rounds = results.get("one_stream_rounds") or {}
+    if "bandwidth_gbs" not in rounds:
+        return None
+    costs = results["costs"]
+    per_token = costs["weight_bytes_per_token"] + costs["kv_bytes_per_token"]
+    return statistics.median(
+        tps * per_token / (gbs * 1e9)
+        for tps, gbs in zip(rounds["ours"], rounds["bandwidth_gbs"], strict=True)
+    )
+
+
 def floors(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 11's floors, each as measured in this run (None: not measured)."""
     ours, gguf = results["ours"], results.get("gguf") or {}
@@ -165,7 +180,8 @@ def floors(results: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         (
             "engine, 1 stream, float32 / read-bandwidth ceiling",
-            _ratio(_engine_tps(ours, 1), ceil["one_stream_tokens_per_second"]),
+            _bandwidth_share_in_turns(results)
+            or _ratio(_engine_tps(ours, 1), ceil["one_stream_tokens_per_second"]),
             0.85,
         ),
         (
@@ -280,6 +296,13 @@ def llama_cpp_table(results: dict[str, Any]) -> str:
             f"{', '.join(_fmt(v) for v in rounds['llama.cpp'])}; ratio of the "
             f"medians {_fmt(rounds['ratio_of_medians'], 2)}"
         )
+        if "bandwidth_gbs" in rounds:
+            rows.append(
+                f"- bandwidth probed before each turn of ours: "
+                f"{', '.join(_fmt(v) for v in rounds['bandwidth_gbs'])} GB/s; "
+                f"median share of it read by ours "
+                f"{_fmt(_bandwidth_share_in_turns(results), 2)}"
+            )
     elif rounds:
         rows.append(f"\n- float32 turns: skipped ({rounds['skipped'][:200]})")
     return "\n".join(rows)

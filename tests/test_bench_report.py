@@ -102,3 +102,20 @@ def test_turns_of_both_decide_the_one_stream_floor():
     row = rows["engine, 1 stream, float32 / llama.cpp in process"]
     assert row["measured"] == 1.0 and row["met"] is True
     assert "ratio of the medians 1.00" in report.llama_cpp_table(data)
+
+
+def test_each_turn_is_held_to_the_bandwidth_probed_beside_it():
+    """With probes in the turns, the bandwidth floor is the median of each
+    turn's share, not one engine figure over the run's best probe."""
+    data = results()
+    data["costs"] = {"weight_bytes_per_token": 0.9e9, "kv_bytes_per_token": 0.1e9}
+    data["one_stream_rounds"] = {
+        "ours": [20.0, 40.0, 45.0],
+        "llama.cpp": [10.0, 10.0, 10.0],
+        "bandwidth_gbs": [40.0, 50.0, 50.0],
+        "ratio_of_medians": 4.0,
+    }
+    rows = {row["floor"]: row for row in report.floors(data)}
+    row = rows["engine, 1 stream, float32 / read-bandwidth ceiling"]
+    # Shares 0.5, 0.8, 0.9: the median; the old figure (90/100) would say 0.9.
+    assert row["measured"] == 0.8 and row["met"] is False
