@@ -38,6 +38,9 @@ class GPT2Tokenizer(TextTokenizer):
         super().__init__(model_path, pipeline_config, **kwargs)
         hf_config = pipeline_config.model.huggingface_config
         self._model_vocab_size = int(hf_config.vocab_size) if hf_config else 0
+        # Counted once: `len()` of a fast HF tokenizer rebuilds its whole
+        # vocabulary dict (~10 ms for GPT-2's), and MAX asks on every request.
+        self._vocab_size = max(len(self.delegate), self._model_vocab_size)
         # Precedence: --chat-template, then the checkpoint's, then ours. Ours
         # goes where MAX keeps a --chat-template, not on the HF tokenizer:
         # `max generate` reads a template there as "chat model" and would
@@ -53,7 +56,7 @@ class GPT2Tokenizer(TextTokenizer):
         nanoGPT-style checkpoints pad the vocabulary past the tokenizer's
         (50304 vs 50257); a padded id is a valid output, not an error.
         """
-        return max(len(self.delegate), self._model_vocab_size)
+        return self._vocab_size
 
     async def new_context(self, request: TextGenerationRequest) -> TextContext:
         """Refuses, with a reason, what would otherwise fail in the worker."""

@@ -112,3 +112,17 @@ def test_padded_vocabulary_ids_are_valid_outputs(checkpoints):
     assert len(tokenizer.delegate) == 50257
     assert tokenizer.tokenizer_vocab_size == 50304
     assert new_context(tokenizer, [50300]).vocab_size == 50304
+
+
+def test_vocabulary_size_is_not_recounted_per_request(distil, monkeypatch):
+    # A fast tokenizer's len() rebuilds its vocabulary dict: ~10 ms each
+    # time, once per request in the API process, if asked again.
+    counted = []
+    backend = type(distil.delegate)
+    length = backend.__len__
+    monkeypatch.setattr(
+        backend, "__len__", lambda self: counted.append(1) or length(self)
+    )
+    for _ in range(3):
+        assert new_context(distil, [15496, 50256]).vocab_size == 50257
+    assert counted == []
