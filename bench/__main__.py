@@ -156,8 +156,10 @@ def measure_vllm(
     max_tokens: int,
     ttft_lengths: list[int],
     peers_dir: Path,
+    rounds: int,
 ) -> dict[str, Any]:
-    """vLLM CPU serving the float32 checkpoint, or why it could not."""
+    """vLLM CPU serving the float32 checkpoint, or why it could not; then,
+    with `rounds`, its most streams and ours in turns, both servers up."""
     try:
         python = peer_vllm.install(peers_dir)
         print("[vllm] start", flush=True)
@@ -168,11 +170,50 @@ def measure_vllm(
                 srv, "vllm", tokenizer, levels, max_tokens, ttft_lengths
             )
             startup = srv.startup_seconds or 0.0
+            if rounds:
+                measured["many_stream_rounds"] = many_streams_in_turns(
+                    srv, checkpoint, out, tokenizer, max(levels), max_tokens, rounds
+                )
     except (PeerUnavailable, RuntimeError, TimeoutError) as e:
         why = peer_vllm.failure(out / "vllm.log") or str(e)[-500:]
         print(f"[vllm] skipped: {why}", flush=True)
         return {"skipped": why}
     return {**measured, "startup_seconds": {"warm": startup}}
+
+
+def many_streams_in_turns(
+    vllm: ServerProcess,
+    checkpoint: Path,
+    out: Path,
+    tokenizer: Any,
+    streams: int,
+    max_tokens: int,
+    rounds: int,
+) -> dict[str, Any]:
+    """Ours and vLLM, `streams` streams each, in turns with both servers up
+    (idle, each takes 1-4 % of a core): the served figures move as much
+    as one stream's between moments of a run."""
+    ours: list[float] = []
+    theirs: list[float] = []
+    args = ["--devices", "cpu", "--quantization-encoding", "float32"]
+    with MaxServe(checkpoint, args, log_path=out / "ours-many-stream-turns.log") as srv:
+        run_level(srv.url, srv.model, prompts(tokenizer, 2, 16), 4)  # warm-up
+        for turn in range(rounds):
+            print(f"[{streams} streams] round {turn + 1} of {rounds}", flush=True)
+            for server, figures in ((srv, ours), (vllm, theirs)):
+                level = run_level(
+                    server.url,
+                    server.model,
+                    prompts(tokenizer, streams, 32),
+                    max_tokens,
+                )
+                figures.append(level.tokens_per_second)
+    return {
+        "streams": streams,
+        "ours": ours,
+        "vllm": theirs,
+        "ratio_of_medians": statistics.median(ours) / statistics.median(theirs),
+    }
 
 
 def measure_llama_cpp(
@@ -232,40 +273,57 @@ def measure_gguf(
 
 
 def alternate_one_stream(
-    checkpoint: Path, f32_gguf: Path, peers_dir: Path, threads: int, rounds: int
+    checkpoint: Path,
+    f32_gguf: Path,
+    peers_dir: Path,
+    threads: int,
+    rounds: int,
+    tokenizer: Any,
+    max_tokens: int,
+    out: Path,
 ) -> dict[str, Any]:
-    """Ours (engine alone) and llama.cpp, one stream, float32, in turns,
-    each turn of ours just after a bandwidth probe.
+    """Ours (engine alone, then `max serve`) and llama.cpp, one stream,
+    float32, in turns, each turn of ours just after a bandwidth probe.
 
     Single figures of either move 10-30 % run to run on these machines, and
     the machine's bandwidth with them (probes of 33 and 58 GB/s in one
     run): rounds of both let drifting load hit both alike, and the floors
-    are the ratio of the medians and the median of each turn's share of
-    the bandwidth probed beside it."""
+    are the ratios of the medians and the median of each turn's share of
+    the bandwidth probed beside it. The server stays up (idle, ~3 % of a
+    core) through every turn, llama.cpp's included."""
     try:
         python = peer_llama_cpp.install(peers_dir)
     except PeerUnavailable as e:
         return {"skipped": str(e)}
     ours: list[float] = []
+    served: list[float] = []
     theirs: list[float] = []
     bandwidth: list[float] = []
-    for turn in range(rounds):
-        print(f"[one stream] round {turn + 1} of {rounds}", flush=True)
-        bandwidth.append(ceilings.read_bandwidth_gbs(threads))
-        ours.append(
-            engine.decode_tokens_per_second(checkpoint, 1, architecture=gpt2_arch)[
-                "tokens_per_second"
-            ]
-        )
-        row = peer_llama_cpp.measure(python, {"f32": f32_gguf}, threads=threads)
-        if "skipped" in row["f32"]:
-            return {"skipped": row["f32"]["skipped"]}
-        theirs.append(row["f32"]["tokens_per_second"])
+    args = ["--devices", "cpu", "--quantization-encoding", "float32"]
+    with MaxServe(checkpoint, args, log_path=out / "ours-one-stream-turns.log") as srv:
+        run_level(srv.url, srv.model, prompts(tokenizer, 1, 16), 4)  # warm-up
+        for turn in range(rounds):
+            print(f"[one stream] round {turn + 1} of {rounds}", flush=True)
+            bandwidth.append(ceilings.read_bandwidth_gbs(threads))
+            ours.append(
+                engine.decode_tokens_per_second(checkpoint, 1, architecture=gpt2_arch)[
+                    "tokens_per_second"
+                ]
+            )
+            level = run_level(srv.url, srv.model, prompts(tokenizer, 1, 32), max_tokens)
+            served.append(level.tokens_per_second)
+            row = peer_llama_cpp.measure(python, {"f32": f32_gguf}, threads=threads)
+            if "skipped" in row["f32"]:
+                return {"skipped": row["f32"]["skipped"]}
+            theirs.append(row["f32"]["tokens_per_second"])
     return {
         "ours": ours,
+        "served": served,
         "llama.cpp": theirs,
         "bandwidth_gbs": bandwidth,
         "ratio_of_medians": statistics.median(ours) / statistics.median(theirs),
+        "served_ratio_of_medians": statistics.median(served)
+        / statistics.median(theirs),
     }
 
 
@@ -442,7 +500,14 @@ def main() -> None:
     )
     if "vllm" in peers_requested:
         results["vllm"] = measure_vllm(
-            gpt2, out, tokenizer, levels, max_tokens, ttft_lengths, opts.peers_dir
+            gpt2,
+            out,
+            tokenizer,
+            levels,
+            max_tokens,
+            ttft_lengths,
+            opts.peers_dir,
+            rounds=0 if opts.quick else 3,
         )
     prefill_tokens = max(ttft_lengths)
     for side, checkpoint in (("ours", gpt2), ("llama", llama)):
@@ -476,7 +541,14 @@ def main() -> None:
         }
         results["llama.cpp"] = measure_llama_cpp(files, opts.peers_dir, threads)
         results["one_stream_rounds"] = alternate_one_stream(
-            gpt2, files["f32"], opts.peers_dir, threads, rounds=5
+            gpt2,
+            files["f32"],
+            opts.peers_dir,
+            threads,
+            rounds=5,
+            tokenizer=tokenizer,
+            max_tokens=max_tokens,
+            out=out,
         )
     if xl:
         results["xl"] = measure_xl(

@@ -186,7 +186,8 @@ def floors(results: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         (
             "max serve, 1 stream, float32 / llama.cpp in process",
-            _ratio(_level_tps(ours, 1), _peer_tps(llama_cpp.get("f32"))),
+            rounds.get("served_ratio_of_medians")
+            or _ratio(_level_tps(ours, 1), _peer_tps(llama_cpp.get("f32"))),
             0.85,
         ),
         (
@@ -196,7 +197,8 @@ def floors(results: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         (
             f"max serve, {many} streams / vLLM CPU served",
-            _ratio(_level_tps(ours, many), _level_tps(vllm, many)),
+            ((vllm or {}).get("many_stream_rounds") or {}).get("ratio_of_medians")
+            or _ratio(_level_tps(ours, many), _level_tps(vllm, many)),
             1.5,
         ),
         ("q4_k engine, 1 stream: matmul bytes read / bandwidth", q4_k_fraction, 0.80),
@@ -256,6 +258,14 @@ def vllm_table(results: dict[str, Any]) -> str:
         for k, v in vllm["ttft_seconds"].items()
     )
     rows.append(f"\n- vLLM CPU: time to first token {ttft}")
+    turns = vllm.get("many_stream_rounds")
+    if turns:
+        rows.append(
+            f"- {turns['streams']} streams in turns, both servers up: ours "
+            f"{', '.join(_fmt(v) for v in turns['ours'])} tok/s; vLLM CPU "
+            f"{', '.join(_fmt(v) for v in turns['vllm'])}; ratio of the "
+            f"medians {_fmt(turns['ratio_of_medians'], 2)}"
+        )
     return "\n".join(rows)
 
 
@@ -296,6 +306,13 @@ def llama_cpp_table(results: dict[str, Any]) -> str:
             f"{', '.join(_fmt(v) for v in rounds['llama.cpp'])}; ratio of the "
             f"medians {_fmt(rounds['ratio_of_medians'], 2)}"
         )
+        if "served" in rounds:
+            rows.append(
+                f"- `max serve`, one stream, in the same turns (the server up "
+                f"throughout): {', '.join(_fmt(v) for v in rounds['served'])} "
+                f"tok/s; ratio of the medians to llama.cpp "
+                f"{_fmt(rounds['served_ratio_of_medians'], 2)}"
+            )
         if "bandwidth_gbs" in rounds:
             rows.append(
                 f"- bandwidth probed before each turn of ours: "

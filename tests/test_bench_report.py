@@ -119,3 +119,35 @@ def test_each_turn_is_held_to_the_bandwidth_probed_beside_it():
     row = rows["engine, 1 stream, float32 / read-bandwidth ceiling"]
     # Shares 0.5, 0.8, 0.9: the median; the old figure (90/100) would say 0.9.
     assert row["measured"] == 0.8 and row["met"] is False
+
+
+def test_served_turns_decide_the_served_one_stream_floor():
+    """Served one stream is held to llama.cpp measured in the same turns,
+    not to a llama.cpp figure taken at another moment of the run."""
+    data = results()
+    data["one_stream_rounds"] = {
+        "ours": [80.0, 70.0, 90.0],
+        "served": [50.0, 90.0, 70.0],
+        "llama.cpp": [100.0, 60.0, 80.0],
+        "ratio_of_medians": 1.0,
+        "served_ratio_of_medians": 70.0 / 80.0,
+    }
+    rows = {row["floor"]: row for row in report.floors(data)}
+    row = rows["max serve, 1 stream, float32 / llama.cpp in process"]
+    assert row["measured"] == 70.0 / 80.0 and row["met"] is True
+    assert "ratio of the medians to llama.cpp 0.88" in report.llama_cpp_table(data)
+
+
+def test_turns_of_both_servers_decide_the_many_streams_floor():
+    data = results()
+    data["vllm"]["ttft_seconds"] = {"32": 0.05}
+    data["vllm"]["many_stream_rounds"] = {
+        "streams": 32,
+        "ours": [500.0, 600.0, 550.0],
+        "vllm": [400.0, 300.0, 350.0],
+        "ratio_of_medians": 550.0 / 350.0,
+    }
+    rows = {row["floor"]: row for row in report.floors(data)}
+    row = rows["max serve, 32 streams / vLLM CPU served"]
+    assert row["measured"] == 550.0 / 350.0 and row["met"] is True
+    assert "ratio of the medians 1.57" in report.vllm_table(data)
