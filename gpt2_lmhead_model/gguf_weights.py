@@ -3,12 +3,13 @@
 A GGUF GPT-2 differs from a Hugging Face checkpoint in three ways:
 - names: llama.cpp's (`token_embd`, `blk.N.attn_qkv`, `ffn_up`, ...);
 - layout: matrices are already `[out, in]`, as a `Linear` wants them;
-- encodings: matrices may be ggml blocks or half floats. On CPU, Q8_0 and
-  Q4_K ones are repacked for this package's panel kernels (`REPACKED`),
-  and F16/BF16 ones (what llama.cpp's converter writes by default) stay
-  half-width for them (`HALF_FLOATS`); Q4_0, Q6_K (and Q4_K off the CPU)
-  stay packed for MAX's quantized matmuls. Any other encoding (Q5_K, ...,
-  and F16/BF16 off the CPU), and every vector, is dequantized at load.
+- encodings: matrices may be ggml blocks or half floats. On CPU, Q8_0,
+  Q4_K and Q6_K ones are repacked for this package's panel kernels
+  (`REPACKED`), and F16/BF16 ones (what llama.cpp's converter writes by
+  default) stay half-width for them (`HALF_FLOATS`); Q4_0 (and Q4_K and
+  Q6_K off the CPU) stay packed for MAX's quantized matmuls. Any other
+  encoding (Q5_K, ..., and F16/BF16 off the CPU), and every vector, is
+  dequantized at load.
 The file's metadata must agree with `config.json` and its tensors with
 both; anything else is refused, naming the key or tensor.
 """
@@ -29,7 +30,12 @@ from max.graph.weights import WeightData, Weights
 from max.pipelines.lib import PipelineConfig
 from transformers import AutoConfig
 
-from .kernels.panels import pack_panels, pack_q4k_panels, pack_q8_panels
+from .kernels.panels import (
+    pack_panels,
+    pack_q4k_panels,
+    pack_q6k_panels,
+    pack_q8_panels,
+)
 from .model_config import hyperparameters, validate_hf_config
 from .weight_adapters import (
     CheckpointMismatch,
@@ -210,14 +216,28 @@ def _repack_q4_k(blocks: np.ndarray, name: str) -> dict[str, WeightData]:
     }
 
 
+def _repack_q6_k(blocks: np.ndarray, name: str) -> dict[str, WeightData]:
+    low, high, multipliers, scales = pack_q6k_panels(blocks)
+    return {
+        name: WeightData.from_numpy(low, name),
+        f"{name}_high": WeightData.from_numpy(high, f"{name}_high"),
+        f"{name}_multipliers": WeightData.from_numpy(
+            multipliers, f"{name}_multipliers"
+        ),
+        f"{name}_scales": WeightData.from_numpy(scales, f"{name}_scales"),
+    }
+
+
 # The ggml encodings that run on CPU through this package's panel kernels
-# (`kernels/`), repacked at load: MAX 26.7 has no Q8_0 matmul, and ours for
+# (`kernels/`), repacked at load: MAX 26.7 has no Q8_0 matmul, ours for
 # Q4_K is as fast as MAX's with about 30 % less logit error (per-32 rather
-# than per-256 activation scales; docs/BENCHMARKS.md). Each repacking names
-# the weight beside `<name>` whose presence marks it (`panel_ggml_weights`).
+# than per-256 activation scales), and ours for Q6_K is faster than MAX's
+# (docs/BENCHMARKS.md). Each repacking names the weight beside `<name>`
+# whose presence marks it (`panel_ggml_weights`).
 REPACKED = {
     gguf.GGMLQuantizationType.Q8_0: ("q8_0", "_scale", _repack_q8_0),
     gguf.GGMLQuantizationType.Q4_K: ("q4_k", "_super_scales", _repack_q4_k),
+    gguf.GGMLQuantizationType.Q6_K: ("q6_k", "_multipliers", _repack_q6_k),
 }
 
 

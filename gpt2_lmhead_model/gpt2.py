@@ -41,6 +41,7 @@ from max.pipelines.lib.interfaces.batch_processor import (
 from .kernels.panel_linear import panel_linear
 from .kernels.panel_matmul import panel_matmul
 from .kernels.panel_q4k_linear import panel_q4k_linear
+from .kernels.panel_q6k_linear import panel_q6k_linear
 from .kernels.panel_q8_linear import panel_q8_linear
 from .kernels.panels import (
     ACT_NONE,
@@ -49,6 +50,8 @@ from .kernels.panels import (
     Q4K_CODES_PER_WORD,
     Q4K_SUB,
     Q4K_SUPER,
+    Q6K_GROUP,
+    Q6K_SUPER,
     Q8_BLOCK,
     panel_count,
 )
@@ -391,6 +394,40 @@ class PanelQ4KLinear(PanelGGMLLinear):
         )
 
 
+class PanelQ6KLinear(PanelGGMLLinear):
+    """Q6_K through `panel_q6k_linear`: low nibbles, high bit pairs, int8
+    multipliers per 16 and float32 super-block scales (`pack_q6k_panels`),
+    against activations rounded to int8 per 32 values."""
+
+    def _declare_weights(self, in_dim: int, panels: int, device: DeviceRef) -> None:
+        groups = in_dim // Q6K_GROUP
+        words = in_dim // Q4K_CODES_PER_WORD  # low nibbles, packed as Q4_K's codes
+        self.weight = Weight("weight", DType.uint32, (panels, words, PANEL), device)
+        self.weight_high = Weight(
+            "weight_high", DType.uint32, (panels, groups, PANEL), device
+        )
+        self.weight_multipliers = Weight(
+            "weight_multipliers", DType.int8, (panels, groups, PANEL), device
+        )
+        self.weight_scales = Weight(
+            "weight_scales",
+            DType.float32,
+            (panels, in_dim // Q6K_SUPER, PANEL),
+            device,
+        )
+
+    def _kernel(self, x: TensorValue, bias: TensorValue, fused: int) -> TensorValue:
+        return panel_q6k_linear(
+            x,
+            self.weight.to(x.device),
+            self.weight_high.to(x.device),
+            self.weight_multipliers.to(x.device),
+            self.weight_scales.to(x.device),
+            bias,
+            fused,
+        )
+
+
 class PanelHalfLinear(PanelGGMLLinear):
     """F16 or BF16 through `panel_linear`: half-width panels (`_half` in
     `gguf_weights`), widened exactly to float32 in registers, so the math
@@ -417,6 +454,7 @@ class PanelBF16Linear(PanelHalfLinear):
 PANEL_GGML_LAYERS: dict[str, type[PanelGGMLLinear]] = {
     "q8_0": PanelQ8Linear,
     "q4_k": PanelQ4KLinear,
+    "q6_k": PanelQ6KLinear,
     "f16": PanelF16Linear,
     "bf16": PanelBF16Linear,
 }
@@ -431,7 +469,7 @@ def linear(
     activation: str | None = None,
 ) -> Linear | QuantizedLinear | PanelLinear | PanelGGMLLinear:
     """A biased projection: ggml-encoded if the checkpoint stores `name` so
-    (Q8_0, Q4_K, F16 and BF16 repacked for a panel kernel on CPU), else the
+    (Q8_0, Q4_K, Q6_K, F16 and BF16 repacked for a panel kernel on CPU), else the
     panel kernel on CPU float32, else MAX's `Linear`. `activation` is
     applied only by the panel layers; callers apply it to the others."""
     encoding = config.quantized_weights.get(name + ".weight")

@@ -104,7 +104,7 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
         "float32",
         "bfloat16",
         # GGUF files (llama.cpp's layout), on CPU: MAX's ggml kernels, and
-        # this package's for Q4_K and Q8_0 matrices (`gguf_weights.REPACKED`).
+        # this package's for Q4_K, Q6_K and Q8_0 matrices (`gguf_weights.REPACKED`).
         "q4_k",
         "q4_0",
         "q6_k",
@@ -131,12 +131,13 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
     """Graph weight name -> the ggml encoding it is stored in (GGUF only).
     Per tensor, because llama.cpp's mixed files (Q4_K_M) mix encodings."""
     panel_ggml_weights: dict[str, str] = field(default_factory=dict)
-    """Graph weight name -> the ggml encoding (`q8_0`, `q4_k`, `f16` or
-    `bf16`) of a matrix repacked at load for this package's panel kernels
+    """Graph weight name -> the ggml encoding (`q8_0`, `q4_k`, `q6_k`, `f16`
+    or `bf16`) of a matrix repacked at load for this package's panel kernels
     (CPU, see `gguf_weights.REPACKED` and `HALF_FLOATS`): the codes in
     `<name>`, their scales beside it (`<name>_scale` for Q8_0;
-    `<name>_sub_scales`, `<name>_super_scales` for Q4_K; none for the
-    half floats). llama.cpp falls back to Q8_0 for a matrix whose rows are
+    `<name>_sub_scales`, `<name>_super_scales` for Q4_K; `<name>_high`,
+    `<name>_multipliers`, `<name>_scales` for Q6_K; none for the half
+    floats). llama.cpp falls back to Q8_0 for a matrix whose rows are
     not whole K-quant blocks (GPT-2 XL's 1600-wide rows in a Q4_K file)."""
     lm_head_in_out: bool = False
     """Store the LM head `[n_embd, vocab]` and compute `x @ W`: on MAX's CPU

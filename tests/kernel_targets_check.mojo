@@ -5,6 +5,7 @@
 from std.memory import alloc
 
 from kernels.panel_q4k_linear import CODES_PER_WORD, Q4K_ROWS, Q4K_SUB, Q4K_SUPER, q4k_panel_matmul
+from kernels.panel_q6k_linear import LOW_PER_WORD, Q6K_GROUP, Q6K_ROWS, Q6K_SUPER, q6k_panel_matmul
 from kernels.panel_q8_linear import Q8_BLOCK, Q8_ROWS, q8_panel_matmul
 from kernels.panels import ACT_NONE, MAX_ROWS, PANEL, SIMD_WIDTH, panel_matmul
 
@@ -134,6 +135,87 @@ def check_q4k() raises:
         print("q4k rows", m_dim, "max_abs_error", worst)
 
 
+def q6k_code(k: Int, n: Int) -> Int:
+    return (k * 5 + n * 3) % 64
+
+
+def q6k_multiplier(group: Int, n: Int) -> Int:
+    return (group + n) % 7 - 3
+
+
+def q6k_scale(sup: Int, n: Int) -> Float32:
+    return Float32(1.0) / Float32(1 << (sup + n % 2))
+
+
+def check_q6k() raises:
+    """`q6k_panel_matmul`: 6-bit codes split into low nibbles and high bit
+    pairs, signed multipliers, power-of-two scales, and x whose every 32
+    values peak at 127 (exact int8 rounding); every sum is exact."""
+    comptime M = 19
+    comptime K = 2 * Q6K_SUPER
+    comptime N = 77
+    comptime P = (N + PANEL - 1) // PANEL
+    comptime WORDS = K // LOW_PER_WORD
+    comptime GROUPS = K // Q6K_GROUP
+    comptime SUPERS = K // Q6K_SUPER
+    var x = alloc[Float32](M * K)
+    var lo = alloc[UInt32](P * WORDS * PANEL)
+    var hi = alloc[UInt32](P * GROUPS * PANEL)
+    var sc = alloc[Int8](P * GROUPS * PANEL)
+    var d = alloc[Float32](P * SUPERS * PANEL)
+    var b = alloc[Float32](N)
+    var y = alloc[Float32](M * N)
+    for i in range(M * K):
+        x[i] = Float32(127.0) if i % 32 == 0 else Float32((i * 7) % 13) - 6.0
+    for i in range(P * WORDS * PANEL):
+        lo[i] = 0
+    for i in range(P * GROUPS * PANEL):
+        hi[i] = 0
+        sc[i] = 0
+    for i in range(P * SUPERS * PANEL):
+        d[i] = 0.0
+    for n in range(N):
+        var p = n // PANEL
+        var lane = n % PANEL
+        b[n] = Float32(n % 4)
+        for k in range(K):
+            var code = q6k_code(k, n)
+            # Low nibbles as Q4_K's codes: byte j % 4, nibble j // 4.
+            var j = k % LOW_PER_WORD
+            var at = (p * WORDS + k // LOW_PER_WORD) * PANEL + lane
+            lo[at] = lo[at] | (UInt32(code % 16) << UInt32(8 * (j % 4) + 4 * (j // 4)))
+            # High pairs: byte g % 4, bits 2 * (g // 4), g the offset in 16.
+            var g = k % Q6K_GROUP
+            var hat = (p * GROUPS + k // Q6K_GROUP) * PANEL + lane
+            hi[hat] = hi[hat] | (UInt32(code // 16) << UInt32(8 * (g % 4) + 2 * (g // 4)))
+        for group in range(GROUPS):
+            sc[(p * GROUPS + group) * PANEL + lane] = Int8(q6k_multiplier(group, n))
+        for sup in range(SUPERS):
+            d[(p * SUPERS + sup) * PANEL + lane] = q6k_scale(sup, n)
+    for m_dim in range(1, M + 1):
+        q6k_panel_matmul[ACT_NONE](
+            x.unsafe_origin_cast[MutAnyOrigin](),
+            lo.unsafe_origin_cast[MutAnyOrigin](),
+            hi.unsafe_origin_cast[MutAnyOrigin](),
+            sc.unsafe_origin_cast[MutAnyOrigin](),
+            d.unsafe_origin_cast[MutAnyOrigin](),
+            b.unsafe_origin_cast[MutAnyOrigin](),
+            y.unsafe_origin_cast[MutAnyOrigin](),
+            m_dim,
+            K,
+            N,
+        )
+        var worst: Float32 = 0.0
+        for m in range(m_dim):
+            for n in range(N):
+                var want = b[n]
+                for k in range(K):
+                    var w = q6k_scale(k // Q6K_SUPER, n) * Float32(q6k_multiplier(k // Q6K_GROUP, n))
+                    want += x[m * K + k] * w * Float32(q6k_code(k, n) - 32)
+                worst = max(worst, abs(y[m * N + n] - want))
+        print("q6k rows", m_dim, "max_abs_error", worst)
+
+
 def check_panels[wdt: DType](label: StaticString) raises:
     """`panel_matmul` over panels of `wdt`: the integer weights are exact in
     float32, bfloat16 and float16 alike, so every width must agree."""
@@ -175,9 +257,10 @@ def check_panels[wdt: DType](label: StaticString) raises:
 
 
 def main() raises:
-    print("simd_width", SIMD_WIDTH, "max_rows", MAX_ROWS, "q8_rows", Q8_ROWS, "q4k_rows", Q4K_ROWS)
+    print("simd_width", SIMD_WIDTH, "max_rows", MAX_ROWS, "q8_rows", Q8_ROWS, "q4k_rows", Q4K_ROWS, "q6k_rows", Q6K_ROWS)
     check_panels[DType.float32]("f32")
     check_panels[DType.bfloat16]("bf16")
     check_panels[DType.float16]("f16")
     check_q8()
     check_q4k()
+    check_q6k()

@@ -221,38 +221,45 @@ def test_q8_0_matrices_are_repacked_for_the_q8_kernel_on_cpu(tmp_path):
     assert panel_ggml_weights(off) == {}
 
 
-def test_q4_k_matrices_are_repacked_for_the_q4k_kernel_on_cpu(files):
+def test_k_quant_matrices_are_repacked_for_their_kernels_on_cpu(files):
     """In a Q4_K_M file on CPU, each Q4_K matrix becomes code, multiplier
-    and scale panels that rebuild exactly the stored values; the Q6_K ones
-    (the head among them) stay packed for MAX's quantized matmul."""
-    from gpt2_lmhead_model.kernels.panels import PANEL, pack_q4k_panels
+    and scale panels, and each Q6_K one (the head among them) low-nibble,
+    high-bit, multiplier and scale panels, exactly as the packers make
+    them from the stored blocks."""
+    from gpt2_lmhead_model.kernels.panels import (
+        PANEL,
+        pack_q4k_panels,
+        pack_q6k_panels,
+    )
 
+    packers = {
+        gguf.GGMLQuantizationType.Q4_K: (
+            "q4_k",
+            pack_q4k_panels,
+            ("", "_sub_scales", "_super_scales"),
+        ),
+        gguf.GGMLQuantizationType.Q6_K: (
+            "q6_k",
+            pack_q6k_panels,
+            ("", "_high", "_multipliers", "_scales"),
+        ),
+    }
     checkpoint, paths = files
     hf_config = AutoConfig.from_pretrained(checkpoint)
     tensors = _tensors(paths["q4_k_m"])
     out = adapt_tensors(tensors, hf_config, DType.float32, True, repack=True)
     repacked = panel_ggml_weights(out)
-    for layer in range(CONFIG["n_layer"]):
-        for matmul in MATMULS:
-            name = f"h.{layer}.{matmul}.weight"
-            stored = tensors[gguf_name(name)]
-            if stored.tensor_type == gguf.GGMLQuantizationType.Q4_K:
-                assert repacked[name] == "q4_k"
-                expected = pack_q4k_panels(
-                    np.asarray(stored.data).reshape(stored.data.shape[0], -1)
-                )
-                parts = (name, f"{name}_sub_scales", f"{name}_super_scales")
-                for part, want in zip(parts, expected, strict=True):
-                    assert np.array_equal(np.from_dlpack(out[part].data), want)
-                assert expected[0].shape[2] == PANEL
-            else:
-                assert name not in repacked
-                assert out[name].quantization_encoding == QuantizationEncoding(
-                    stored.tensor_type.name
-                )
-    assert "q4_k" in repacked.values()
-    assert "lm_head.weight" not in repacked  # Q6_K in Q4_K_M
-    assert out["lm_head.weight"].quantization_encoding == QuantizationEncoding.Q6_K
+    names = [f"h.{i}.{m}.weight" for i in range(CONFIG["n_layer"]) for m in MATMULS]
+    for name in [*names, "lm_head.weight"]:
+        stored = tensors[gguf_name(name)]
+        encoding, pack, suffixes = packers[stored.tensor_type]
+        assert repacked[name] == encoding
+        expected = pack(np.asarray(stored.data).reshape(stored.data.shape[0], -1))
+        for suffix, want in zip(suffixes, expected, strict=True):
+            assert np.array_equal(np.from_dlpack(out[name + suffix].data), want)
+        assert expected[0].shape[2] == PANEL
+    assert {"q4_k", "q6_k"} <= set(repacked.values())
+    assert repacked["lm_head.weight"] == "q6_k"  # Q6_K in Q4_K_M
 
 
 @pytest.mark.parametrize("encoding", ["f16", "bf16"])

@@ -82,16 +82,22 @@ def unpack(codes, sub, sup, k: int):
     return q, np.repeat(scale, Q4K_SUB, axis=1), np.repeat(minimum, Q4K_SUB, axis=1)
 
 
-def emulated(x: np.ndarray, blocks: np.ndarray, b: np.ndarray, act: str):
+def emulated(
+    x: np.ndarray,
+    blocks: np.ndarray,
+    b: np.ndarray,
+    act: str,
+    qtype: gguf.GGMLQuantizationType = Q4_K,
+):
     """The kernel's arithmetic in float64: x rounded to int8 on a scale per
-    32 values, times the dequantized matrix."""
+    32 values, times the dequantized matrix (also `panel_q6k_linear`'s)."""
     n, k = blocks.shape[0], x.shape[1]
     blocked = x.reshape(x.shape[0], -1, Q4K_SUB)
     amax = np.abs(blocked).max(axis=-1, keepdims=True)
     inv = (amax > 0) * np.float32(Q4K_ACTIVATION_LEVELS) / np.where(amax > 0, amax, 1)
     x8 = np.round(blocked * inv.astype(np.float32))
     rounded = (x8 * (amax / np.float32(Q4K_ACTIVATION_LEVELS))).reshape(x.shape)
-    w = gguf.quants.dequantize(blocks, Q4_K).reshape(n, k)
+    w = gguf.quants.dequantize(blocks, qtype).reshape(n, k)
     return activated(rounded.astype(np.float64) @ w.T.astype(np.float64) + b, act)
 
 

@@ -3,8 +3,8 @@
 MAX compiles custom kernels for the host CPU, so the NumPy tests exercise
 one vector width only. Here `mojo build` compiles the kernel for AVX2-only
 (`x86-64-v3`, 8 float32 lanes) and for the host (16 lanes with AVX-512) and
-runs both against a scalar loop: the float32, bfloat16, float16, Q8_0 and
-Q4_K panels.
+runs both against a scalar loop: the float32, bfloat16, float16, Q8_0,
+Q4_K and Q6_K panels.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def build_and_run(tmp_path: Path, target_cpu: str | None) -> str:
 
 def check_output(out: str, simd_width: int) -> None:
     assert f"simd_width {simd_width} " in out, out
-    for kernel in ("f32 ", "bf16 ", "f16 ", "q8 ", "q4k "):
+    for kernel in ("f32 ", "bf16 ", "f16 ", "q8 ", "q4k ", "q6k "):
         errors = re.findall(rf"^{kernel}rows (\d+) max_abs_error (\S+)", out, re.M)
         assert [int(r) for r, _ in errors] == list(range(1, 20)), (kernel, out)
         assert all(float(e) == 0.0 for _, e in errors), (kernel, out)

@@ -1,5 +1,5 @@
 """Custom Mojo kernels for the CPU decode path: float32 weights, and ggml
-Q8_0 and Q4_K matrices, each repacked at load into panels.
+Q8_0, Q4_K and Q6_K matrices, each repacked at load into panels.
 
 This directory is both a Python package (the graph-side wrappers) and the
 Mojo package (`__init__.mojo`) that graphs load through `custom_extensions`.

@@ -121,3 +121,65 @@ def pack_q4k_panels(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
         _columns_to_panels(sub),
         _columns_to_panels(d_dmin),
     )
+
+
+Q6K_SUPER = 256
+"""Values per super-block in ggml's Q6_K (`QK_K`): an fp16 `d`."""
+Q6K_GROUP = 16
+"""Values per int8 multiplier `sc` in Q6_K."""
+Q6K_OFFSET = 32
+"""Q6_K's 6-bit codes are stored unsigned: the weight is `d*sc * (q - 32)`."""
+_Q6K_BYTES = 210  # 128 of low nibbles, 64 of high bit pairs, 16 sc, fp16 d
+
+
+def q6k_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ggml Q6_K rows `[N, K/256 * 210]` bytes -> codes `[N, K]` uint8 (0-63),
+    multipliers `[N, K/16]` int8 and scales `[N, K/256]` float32, in K order."""
+    n, row_bytes = blocks.shape
+    if row_bytes % _Q6K_BYTES:
+        raise ValueError(f"q6k_codes: {row_bytes} bytes is not whole Q6_K blocks")
+    supers = row_bytes // _Q6K_BYTES
+    raw = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(n, supers, _Q6K_BYTES)
+    # Per 128 values: 64 bytes of low nibbles and 32 of high bit pairs. Low
+    # nibble of byte l -> value l (l < 32: l; else 32 + l - 32), high nibble
+    # -> value 64 + l; bits 2j..2j+1 of high byte l -> value 32j + l.
+    ql = raw[:, :, :128].reshape(n, supers, 2, 2, 32)  # [.., half, lo/hi 32, l]
+    qh = raw[:, :, 128:192].reshape(n, supers, 2, 1, 32)
+    low = np.stack([ql & 0x0F, ql >> 4], axis=3)  # [.., half, nibble, 2, l]
+    low = low.reshape(n, supers, 2, 4, 32)  # value 32j + l, j = 2*nibble + i
+    shifts = (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 1, 4, 1)
+    high = (qh >> shifts) & 0x03
+    codes = (low | (high << 4)).reshape(n, supers * Q6K_SUPER)
+    sc = raw[:, :, 192:208].copy().view(np.int8).reshape(n, -1)
+    d = raw[:, :, 208:210].copy().view(np.float16).reshape(n, supers)
+    return codes, sc, d.astype(np.float32)
+
+
+def pack_q6k_panels(
+    blocks: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """ggml Q6_K rows `[N, K/256 * 210]` bytes -> for `panel_q6k_linear`:
+    - low nibbles `[P, K/8, PANEL]` uint32, as `pack_q4k_panels`' codes:
+      byte b of a word holds K offsets b (low nibble) and 4 + b (high);
+    - high bit pairs `[P, K/16, PANEL]` uint32, one word per 16 values:
+      bits 2j..2j+1 of byte b hold those of K offset 4j + b;
+    - multipliers `sc` `[P, K/16, PANEL]` int8;
+    - scales `d` `[P, K/256, PANEL]` float32;
+    P = ceil(N / PANEL), zero-padded past N. Column n of the panels is row n
+    of the ggml matrix; its weight at k is `d*sc * (code - 32)`."""
+    codes, sc, d = q6k_codes(blocks)
+    n, k = codes.shape
+    octets = codes.reshape(n, k // 8, 2, 4)
+    low = (octets[:, :, 0] & 0x0F) | ((octets[:, :, 1] & 0x0F) << 4)
+    low_words = np.ascontiguousarray(low).view("<u4").reshape(n, -1)
+    quads = (codes >> 4).reshape(n, k // Q6K_GROUP, 4, 4)  # [.., j, b]
+    high = (
+        quads[:, :, 0] | quads[:, :, 1] << 2 | quads[:, :, 2] << 4 | quads[:, :, 3] << 6
+    )
+    high_words = np.ascontiguousarray(high).view("<u4").reshape(n, -1)
+    return (
+        _columns_to_panels(low_words.astype(np.uint32)),
+        _columns_to_panels(high_words.astype(np.uint32)),
+        _columns_to_panels(sc),
+        _columns_to_panels(d),
+    )
