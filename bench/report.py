@@ -345,6 +345,19 @@ def xl_table(results: dict[str, Any]) -> str:
             f"| {_fmt(theirs, 2) if theirs_row else 'not run'} "
             f"| {_fmt(_ratio(ours, theirs), 2)} |"
         )
+    turns = [
+        f"{encoding} ours {', '.join(_fmt(v, 2) for v in mine['turns'])}"
+        + (
+            f", llama.cpp {', '.join(_fmt(v, 2) for v in other['turns'])}"
+            if "turns" in other
+            else ""
+        )
+        for encoding, mine in xl["ours"].items()
+        if "turns" in mine
+        for other in [(xl.get("llama.cpp") or {}).get(encoding) or {}]
+    ]
+    if turns:
+        rows.append(f"\n- tok/s in turns (medians above): {'; '.join(turns)}")
     return "\n".join(rows)
 
 

@@ -151,3 +151,17 @@ def test_turns_of_both_servers_decide_the_many_streams_floor():
     row = rows["max serve, 32 streams / vLLM CPU served"]
     assert row["measured"] == 550.0 / 350.0 and row["met"] is True
     assert "ratio of the medians 1.57" in report.vllm_table(data)
+
+
+def test_xl_turns_are_listed_beside_their_medians():
+    data = results()
+    data["machine"]["read_bandwidth_gbs"] = 30.0
+    data["xl"] = {
+        "weight_bytes_per_token": {"f32": 6.2e9},
+        "ours": {"f32": {"tokens_per_second": 5.0, "turns": [4.0, 5.0, 6.0]}},
+        "llama.cpp": {"f32": {"tokens_per_second": 5.0, "turns": [5.0, 5.5, 4.5]}},
+    }
+    table = report.xl_table(data)
+    assert "f32 ours 4.00, 5.00, 6.00, llama.cpp 5.00, 5.50, 4.50" in table
+    rows = {row["floor"]: row for row in report.floors(data)}
+    assert rows["GPT-2 XL shape, f32, engine 1 stream / llama.cpp"]["measured"] == 1.0
