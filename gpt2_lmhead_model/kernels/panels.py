@@ -140,12 +140,12 @@ def q6k_codes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError(f"q6k_codes: {row_bytes} bytes is not whole Q6_K blocks")
     supers = row_bytes // _Q6K_BYTES
     raw = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(n, supers, _Q6K_BYTES)
-    # Per 128 values: 64 bytes of low nibbles and 32 of high bit pairs. Low
-    # nibble of byte l -> value l (l < 32: l; else 32 + l - 32), high nibble
-    # -> value 64 + l; bits 2j..2j+1 of high byte l -> value 32j + l.
-    ql = raw[:, :, :128].reshape(n, supers, 2, 2, 32)  # [.., half, lo/hi 32, l]
+    # Per 128 values, 64 bytes of nibbles and 32 of high bit pairs: the low
+    # nibble of byte l (0-63) is value l's, the high one value 64 + l's;
+    # bits 2j..2j+1 of high byte l (0-31) are value 32j + l's.
+    ql = raw[:, :, :128].reshape(n, supers, 2, 2, 32)  # [.., half, i, l]: byte 32i + l
     qh = raw[:, :, 128:192].reshape(n, supers, 2, 1, 32)
-    low = np.stack([ql & 0x0F, ql >> 4], axis=3)  # [.., half, nibble, 2, l]
+    low = np.stack([ql & 0x0F, ql >> 4], axis=3)  # [.., half, nibble, i, l]
     low = low.reshape(n, supers, 2, 4, 32)  # value 32j + l, j = 2*nibble + i
     shifts = (2 * np.arange(4, dtype=np.uint8)).reshape(1, 1, 1, 4, 1)
     high = (qh >> shifts) & 0x03
