@@ -57,14 +57,16 @@ def run():
     return execute
 
 
-def q4k_operands(m: int, k: int, n: int, seed: int):
-    """x, the ggml Q4_K blocks of a `[n, k]` matrix, its dequantized
-    `[k, n]` transpose, and a bias."""
+def q4k_operands(
+    m: int, k: int, n: int, seed: int, qtype: gguf.GGMLQuantizationType = Q4_K
+):
+    """x, the ggml blocks (Q4_K, or `qtype`) of a `[n, k]` matrix, its
+    dequantized `[k, n]` transpose, and a bias."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((m, k), dtype=np.float32)
     w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
-    blocks = quantize(w, Q4_K)
-    dequantized = gguf.quants.dequantize(blocks, Q4_K)
+    blocks = quantize(w, qtype)
+    dequantized = gguf.quants.dequantize(blocks, qtype)
     b = rng.standard_normal(n, dtype=np.float32)
     return x, blocks, dequantized.reshape(n, k).T, b
 

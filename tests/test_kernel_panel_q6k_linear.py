@@ -26,7 +26,7 @@ from gpt2_lmhead_model.kernels.panels import (
 from gpt2_max.gguf_quants import quantize
 
 from .test_kernel_panel_linear import reference
-from .test_kernel_panel_q4k_linear import ACTS, emulated
+from .test_kernel_panel_q4k_linear import ACTS, CASES, emulated, q4k_operands
 
 Q6_K = gguf.GGMLQuantizationType.Q6_K
 
@@ -59,20 +59,7 @@ def run():
 
 
 def q6k_operands(m: int, k: int, n: int, seed: int):
-    """x, the ggml Q6_K blocks of a `[n, k]` matrix, its dequantized
-    `[k, n]` transpose, and a bias."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((m, k), dtype=np.float32)
-    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
-    blocks = quantize(w, Q6_K)
-    dequantized = gguf.quants.dequantize(blocks, Q6_K)
-    b = rng.standard_normal(n, dtype=np.float32)
-    return x, blocks, dequantized.reshape(n, k).T, b
-
-
-SHAPES = [(256, 1), (512, 77), (768, 2304)]
-CASES = [(m, k, n) for m in (1, 3, 9, 32) for k, n in SHAPES]
-CASES += [(1, 768, 50257), (3, 1536, 50257)]  # GPT-2 heads (small, large)
+    return q4k_operands(m, k, n, seed, Q6_K)
 
 
 @pytest.mark.parametrize(("m", "k", "n"), CASES)
