@@ -32,6 +32,8 @@ from .peer_vllm import VllmServe
 
 PEERS = ("llama.cpp", "vllm")
 DEFAULT_ENCODINGS = "q4_0,q4_k,q6_k,f16,bf16"
+F32_SERVE_ARGS = ["--devices", "cpu", "--quantization-encoding", "float32"]
+"""`max serve` flags of every float32 measurement, ours and MAX Llama's."""
 
 TEXT = (
     "The harbour was quiet in the early morning, and the fishing boats rocked "
@@ -195,8 +197,9 @@ def many_streams_in_turns(
     as one stream's between moments of a run."""
     ours: list[float] = []
     theirs: list[float] = []
-    args = ["--devices", "cpu", "--quantization-encoding", "float32"]
-    with MaxServe(checkpoint, args, log_path=out / "ours-many-stream-turns.log") as srv:
+    with MaxServe(
+        checkpoint, F32_SERVE_ARGS, log_path=out / "ours-many-stream-turns.log"
+    ) as srv:
         run_level(srv.url, srv.model, prompts(tokenizer, 2, 16), 4)  # warm-up
         for turn in range(rounds):
             print(f"[{streams} streams] round {turn + 1} of {rounds}", flush=True)
@@ -299,8 +302,9 @@ def alternate_one_stream(
     served: list[float] = []
     theirs: list[float] = []
     bandwidth: list[float] = []
-    args = ["--devices", "cpu", "--quantization-encoding", "float32"]
-    with MaxServe(checkpoint, args, log_path=out / "ours-one-stream-turns.log") as srv:
+    with MaxServe(
+        checkpoint, F32_SERVE_ARGS, log_path=out / "ours-one-stream-turns.log"
+    ) as srv:
         run_level(srv.url, srv.model, prompts(tokenizer, 1, 16), 4)  # warm-up
         for turn in range(rounds):
             print(f"[one stream] round {turn + 1} of {rounds}", flush=True)
@@ -388,15 +392,13 @@ def measure_xl(
 
 
 def _median_turn(turns: list[dict[str, Any]]) -> dict[str, Any]:
-    """The turn of median speed, with every turn's speed beside it."""
+    """The turn of median speed (the lower one of an even count), whole,
+    with every turn's speed beside it."""
     if any("skipped" in turn for turn in turns):
         return next(turn for turn in turns if "skipped" in turn)
     ranked = sorted(turns, key=lambda turn: turn["tokens_per_second"])
     return {
         **ranked[(len(ranked) - 1) // 2],
-        "tokens_per_second": statistics.median(
-            turn["tokens_per_second"] for turn in turns
-        ),
         "turns": [turn["tokens_per_second"] for turn in turns],
     }
 
@@ -510,7 +512,7 @@ def main() -> None:
         "peers_requested": peers_requested,
         "load_average": {"start": os.getloadavg()},
     }
-    common = ["--devices", "cpu", "--quantization-encoding", "float32"]
+    common = F32_SERVE_ARGS
     results["ours"] = serve_and_measure(
         "ours",
         gpt2,
