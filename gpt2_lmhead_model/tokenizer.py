@@ -39,7 +39,7 @@ class GPT2Tokenizer(TextTokenizer):
         hf_config = pipeline_config.model.huggingface_config
         self._model_vocab_size = int(hf_config.vocab_size) if hf_config else 0
         # Counted once: `len()` of a fast HF tokenizer rebuilds its whole
-        # vocabulary dict (~10 ms for GPT-2's), and MAX asks on every request.
+        # vocabulary dict (4.6 ms for GPT-2's, idle), and MAX asks per request.
         self._vocab_size = max(len(self.delegate), self._model_vocab_size)
         # Precedence: --chat-template, then the checkpoint's, then ours. Ours
         # goes where MAX keeps a --chat-template, not on the HF tokenizer:
