@@ -30,6 +30,7 @@ from max.pipelines.lib.log_probabilities import LogProbabilitiesMixin
 from max.pipelines.lib.memory_estimation import MemoryPlan
 from typing_extensions import override
 
+from . import runtime_threads
 from .gguf_weights import panel_ggml_weights
 from .gpt2 import GPT2
 from .kernels import KERNELS_DIR
@@ -133,6 +134,8 @@ class GPT2Model(
                 # One line on stderr instead of the worker's traceback.
                 raise SystemExit(f"gpt2_lmhead_model: {e}") from None
             raise
+        if all(device.is_host for device in devices):
+            runtime_threads.yield_to_python_threads()
 
     def execute(self, model_inputs: ModelInputs) -> ModelOutputs:
         assert isinstance(model_inputs, GPT2Inputs)

@@ -161,8 +161,9 @@ class MaxServe(ServerProcess):
         )
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the group is still running (not a zombie)."""
+def group_pids(pgid: int) -> list[int]:
+    """The processes of the group still running (not zombies)."""
+    pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -172,5 +173,10 @@ def group_alive(pgid: int) -> bool:
             continue
         state, group = fields[0], int(fields[2])
         if group == pgid and state != "Z":
-            return True
-    return False
+            pids.append(int(entry.name))
+    return pids
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still running (not a zombie)."""
+    return bool(group_pids(pgid))

@@ -8,8 +8,10 @@ official `openai` client and raw HTTP; every answer is checked against
 from __future__ import annotations
 
 import json
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openai
 import pytest
@@ -17,8 +19,9 @@ import requests
 import torch
 from transformers import GPT2LMHeadModel
 
+from gpt2_lmhead_model.runtime_threads import WORKER_NICE, runtime_worker_threads
 from gpt2_lmhead_model.tokenizer import DEFAULT_CHAT_TEMPLATE
-from gpt2_max.server import MaxServe, group_alive
+from gpt2_max.server import MaxServe, group_alive, group_pids
 
 pytestmark = pytest.mark.slow
 
@@ -492,3 +495,15 @@ def test_shutdown_leaves_no_processes(checkpoints, tmp_path):
         srv.stop()
     assert srv.process.returncode is not None
     assert not group_alive(pgid)
+
+
+def test_model_worker_runtime_threads_yield_to_python(client, server):
+    """The model worker lowered its CPU runtime workers' priority once its
+    model was built (`runtime_threads`)."""
+    complete(client, server, PROMPTS[0], 2)
+    priorities = {}
+    for pid in group_pids(server.process.pid):
+        tids = runtime_worker_threads(Path(f"/proc/{pid}/task"))
+        if tids:
+            priorities[pid] = {os.getpriority(os.PRIO_PROCESS, t) for t in tids}
+    assert {WORKER_NICE} in priorities.values(), priorities
