@@ -128,14 +128,15 @@ class GPT2Model(
         self._step_contexts: list[TextContext] = []
         self._echo_chunks: dict[Any, list[LogProbabilities]] = {}
         try:
+            worker_nice = runtime_threads.worker_nice()  # before compiling
             self.model = self.load_graphs(session)[GraphRole.DECODER]
-        except CheckpointError as e:
+        except (CheckpointError, runtime_threads.SettingError) as e:
             if multiprocessing.current_process().name == MAX_SERVE_WORKER:
                 # One line on stderr instead of the worker's traceback.
                 raise SystemExit(f"gpt2_lmhead_model: {e}") from None
             raise
         if all(device.is_host for device in devices):
-            runtime_threads.yield_to_python_threads()
+            runtime_threads.yield_to_python_threads(worker_nice)
 
     def execute(self, model_inputs: ModelInputs) -> ModelOutputs:
         assert isinstance(model_inputs, GPT2Inputs)

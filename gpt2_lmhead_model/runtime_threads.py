@@ -34,6 +34,10 @@ NICE_VARIABLE = "GPT2_MAX_WORKER_NICE"
 logger = logging.getLogger(__name__)
 
 
+class SettingError(ValueError):
+    """`GPT2_MAX_WORKER_NICE` holds something other than a nice level."""
+
+
 def runtime_worker_threads(tasks: Path = Path("/proc/self/task")) -> list[int]:
     """Thread ids of MAX's CPU runtime workers in this process (none where
     there is no `/proc`)."""
@@ -49,22 +53,22 @@ def runtime_worker_threads(tasks: Path = Path("/proc/self/task")) -> list[int]:
 
 
 def worker_nice() -> int:
+    """The nice level `GPT2_MAX_WORKER_NICE` asks for (`WORKER_NICE` unset)."""
     value = os.environ.get(NICE_VARIABLE, str(WORKER_NICE))
     try:
         nice = int(value)
     except ValueError:
-        raise ValueError(
-            f"{NICE_VARIABLE}={value!r} is not an integer from 0 to 19"
-        ) from None
+        nice = -1
     if not 0 <= nice <= 19:
-        raise ValueError(f"{NICE_VARIABLE}={value!r} is not an integer from 0 to 19")
+        raise SettingError(
+            f"{NICE_VARIABLE}={value!r} is not a nice level from 0 to 19"
+        )
     return nice
 
 
-def yield_to_python_threads() -> list[int]:
-    """Lowers the priority of MAX's CPU runtime workers (never raises it);
-    returns the threads changed."""
-    nice = worker_nice()
+def yield_to_python_threads(nice: int) -> list[int]:
+    """Lowers the priority of MAX's CPU runtime workers to `nice` (never
+    raises it); returns the threads changed."""
     changed = []
     for tid in runtime_worker_threads():
         try:

@@ -15,7 +15,7 @@ from gpt2_max.server import SERVE_ENV, free_port
 pytestmark = pytest.mark.slow
 
 
-def serve_output(model_path) -> tuple[int, str]:
+def serve_output(model_path, env=None) -> tuple[int, str]:
     result = subprocess.run(
         [
             "max", "serve", "--custom-architectures", "gpt2_lmhead_model",
@@ -23,7 +23,7 @@ def serve_output(model_path) -> tuple[int, str]:
             "--host", "127.0.0.1", "--port", str(free_port()),
         ],
         capture_output=True, text=True, timeout=600,
-        env={**os.environ, **SERVE_ENV}, check=False,
+        env={**os.environ, **SERVE_ENV, **(env or {})}, check=False,
     )  # fmt: skip
     return result.returncode, result.stdout + result.stderr
 
@@ -91,3 +91,14 @@ def test_load_error_is_one_line(checkpoints, tmp_path, case):
     assert "Traceback" not in output, output[-3000:]
     cause_lines = [line for line in output.splitlines() if cause in line]
     assert len(cause_lines) == 1, output[-3000:]
+
+
+def test_bad_worker_nice_is_one_line(checkpoints):
+    """`GPT2_MAX_WORKER_NICE` (`runtime_threads`) is checked before compiling."""
+    code, output = serve_output(
+        checkpoints["variant"], env={"GPT2_MAX_WORKER_NICE": "high"}
+    )
+    assert code != 0
+    assert "Traceback" not in output, output[-3000:]
+    cause = "GPT2_MAX_WORKER_NICE='high' is not a nice level from 0 to 19"
+    assert len([line for line in output.splitlines() if cause in line]) == 1, output

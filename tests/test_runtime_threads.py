@@ -13,6 +13,7 @@ from gpt2_lmhead_model.runtime_threads import (
     NICE_VARIABLE,
     WORKER_NAME_PREFIX,
     WORKER_NICE,
+    SettingError,
     runtime_worker_threads,
     worker_nice,
     yield_to_python_threads,
@@ -73,7 +74,7 @@ def test_lowers_only_runtime_workers(monkeypatch):
         NamedThread("helper") as other,
     ):
         assert nice_of(worker.tid) < WORKER_NICE
-        changed = yield_to_python_threads()
+        changed = yield_to_python_threads(worker_nice())
         assert worker.tid in changed
         assert nice_of(worker.tid) == WORKER_NICE
         assert nice_of(other.tid) == nice_of(threading.get_native_id()) < WORKER_NICE
@@ -83,7 +84,7 @@ def test_never_raises_a_priority(monkeypatch):
     monkeypatch.setenv(NICE_VARIABLE, "5")
     with NamedThread(WORKER_NAME_PREFIX + "8") as worker:
         os.setpriority(os.PRIO_PROCESS, worker.tid, 12)
-        assert worker.tid not in yield_to_python_threads()
+        assert worker.tid not in yield_to_python_threads(worker_nice())
         assert nice_of(worker.tid) == 12
 
 
@@ -91,12 +92,12 @@ def test_zero_keeps_max_default(monkeypatch):
     monkeypatch.setenv(NICE_VARIABLE, "0")
     with NamedThread(WORKER_NAME_PREFIX + "9") as worker:
         before = nice_of(worker.tid)
-        yield_to_python_threads()
+        yield_to_python_threads(worker_nice())
         assert nice_of(worker.tid) == before
 
 
 @pytest.mark.parametrize("value", ["high", "20", "-1", ""])
 def test_bad_setting_is_named(monkeypatch, value):
     monkeypatch.setenv(NICE_VARIABLE, value)
-    with pytest.raises(ValueError, match=NICE_VARIABLE):
+    with pytest.raises(SettingError, match=NICE_VARIABLE):
         worker_nice()
