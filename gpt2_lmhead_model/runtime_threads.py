@@ -9,13 +9,13 @@ scheduler, batch preparation, the sampler's call, ZMQ) is Python on the
 main thread, and it competes with them for the cores. When the main thread
 wakes on a core where a worker spins, the kernel's scheduler can leave it
 waiting for a whole tick: measured on 2 cores, one sampler call in five
-took 4-5 ms instead of 0.4, and `max serve` lost 10-18 % of its tokens per
-second (docs/BENCHMARKS.md, "Runtime threads").
+took 4-5 ms instead of 0.4, and `max serve` lost 12 % of its tokens per
+second for one stream, 5 % for 32 (docs/BENCHMARKS.md, "Runtime threads").
 
 Lowering the workers' priority lets any thread with work run first; a
-worker that has work still gets the cores the others leave. With Linux's
-autogroups and cgroups the priority counts only among the threads of the
-same group (this server), not against other programs.
+worker that has work still gets the cores the others leave. Under Linux's
+autogroups (one per session) or in a cgroup of its own, the priority only
+counts against the other threads of that session or cgroup.
 `GPT2_MAX_WORKER_NICE=0` keeps MAX's default.
 """
 
