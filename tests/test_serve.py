@@ -21,7 +21,7 @@ from transformers import GPT2LMHeadModel
 
 from gpt2_lmhead_model.runtime_threads import WORKER_NICE, runtime_worker_threads
 from gpt2_lmhead_model.tokenizer import DEFAULT_CHAT_TEMPLATE
-from gpt2_max.server import MaxServe, group_alive, group_pids
+from gpt2_max.server import MaxServe, group_alive, group_pids, unread_metrics_off
 
 pytestmark = pytest.mark.slow
 
@@ -507,3 +507,32 @@ def test_model_worker_runtime_threads_yield_to_python(client, server):
         if tids:
             priorities[pid] = {os.getpriority(os.PRIO_PROCESS, t) for t in tids}
     assert {WORKER_NICE} in priorities.values(), priorities
+
+
+def test_no_metrics_worker_when_nothing_reads_metrics(client, server):
+    """With telemetry disabled and no OTLP endpoint, MAX serves no metrics,
+    so the server runs without its metrics worker: the model worker is the
+    only process MAX spawned (`unread_metrics_off`)."""
+    complete(client, server, PROMPTS[0], 2)
+    spawned = [
+        pid
+        for pid in group_pids(server.process.pid)
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(spawned) == 1, spawned
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, {"MAX_SERVE_METRIC_RECORDING_METHOD": "NOOP"}),
+        ({"MAX_SERVE_METRIC_RECORDING_METHOD": "PROCESS"}, {}),
+        ({"MAX_SERVE_OTLP_METRICS_ENDPOINT": "http://collector:4317"}, {}),
+        (
+            {"MAX_SERVE_OTLP_METRICS_ENDPOINT": ""},
+            {"MAX_SERVE_METRIC_RECORDING_METHOD": "NOOP"},
+        ),
+    ],
+)
+def test_metrics_off_only_when_unread(environ, expected):
+    assert unread_metrics_off(environ) == expected
