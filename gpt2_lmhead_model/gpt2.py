@@ -53,6 +53,7 @@ from .kernels.panels import (
     Q6K_GROUP,
     Q6K_SUPER,
     Q8_BLOCK,
+    Q8_CODES_PER_WORD,
     panel_count,
 )
 from .model_config import GPT2Config
@@ -347,11 +348,13 @@ class PanelGGMLLinear(Module):
 
 
 class PanelQ8Linear(PanelGGMLLinear):
-    """Q8_0 through `panel_q8_linear`: int8 panels and a float32 scale per 32
-    (`pack_q8_panels`), widened to the exact weights in registers."""
+    """Q8_0 through `panel_q8_linear`: int8 codes, four per word, and a
+    float32 scale per 32 (`pack_q8_panels`), against activations rounded to
+    int8 per 32 values."""
 
     def _declare_weights(self, in_dim: int, panels: int, device: DeviceRef) -> None:
-        self.weight = Weight("weight", DType.int8, (panels, in_dim, PANEL), device)
+        words = in_dim // Q8_CODES_PER_WORD
+        self.weight = Weight("weight", DType.uint32, (panels, words, PANEL), device)
         self.weight_scale = Weight(
             "weight_scale", DType.float32, (panels, in_dim // Q8_BLOCK, PANEL), device
         )

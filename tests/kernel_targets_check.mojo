@@ -6,7 +6,7 @@ from std.memory import alloc
 
 from kernels.panel_q4k_linear import CODES_PER_WORD, Q4K_ROWS, Q4K_SUB, Q4K_SUPER, q4k_panel_matmul
 from kernels.panel_q6k_linear import LOW_PER_WORD, Q6K_GROUP, Q6K_ROWS, Q6K_SUPER, q6k_panel_matmul
-from kernels.panel_q8_linear import Q8_BLOCK, Q8_ROWS, q8_panel_matmul
+from kernels.panel_q8_linear import Q8_BLOCK, Q8_CODE_OFFSET, Q8_CODES_PER_WORD, Q8_ROWS, q8_panel_matmul
 from kernels.panels import ACT_NONE, MAX_ROWS, PANEL, SIMD_WIDTH, panel_matmul
 
 
@@ -14,33 +14,44 @@ def weight(k: Int, n: Int) -> Float32:
     return Float32((k * 5 + n * 3) % 11) - 5.0
 
 
+def q8_code(k: Int, n: Int) -> Int:
+    """Every int8 value, -128 and 127 included, across K and N."""
+    return (k * 37 + n * 11) % 256 - 128
+
+
 def check_q8() raises:
-    """`q8_panel_matmul`: int8 weights times power-of-two scales, exact."""
+    """`q8_panel_matmul`: int8 codes over their whole range (stored plus
+    128: the unsigned byte's whole range), power-of-two scales, and x whose
+    every 32 values peak at 127, so its rounding to int8 is exact."""
     comptime M = 19
     comptime K = 2 * Q8_BLOCK
     comptime N = 77
     comptime P = (N + PANEL - 1) // PANEL
+    comptime WORDS = K // Q8_CODES_PER_WORD
     var x = alloc[Float32](M * K)
-    var q = alloc[Int8](P * K * PANEL)
+    var c = alloc[UInt32](P * WORDS * PANEL)
     var s = alloc[Float32](P * (K // Q8_BLOCK) * PANEL)
     var b = alloc[Float32](N)
     var y = alloc[Float32](M * N)
     for i in range(M * K):
-        x[i] = Float32((i * 7) % 13) - 6.0
-    for i in range(P * K * PANEL):
-        q[i] = 0
+        var sign = Float32(1.0) if (i // Q8_BLOCK) % 2 == 0 else Float32(-1.0)
+        x[i] = sign * 127.0 if i % Q8_BLOCK == 0 else Float32((i * 7) % 13) - 6.0
+    for i in range(P * WORDS * PANEL):
+        c[i] = 0
     for i in range(P * (K // Q8_BLOCK) * PANEL):
         s[i] = 0.0
     for n in range(N):
         b[n] = Float32(n % 4)
         for k in range(K):
-            q[(n // PANEL) * K * PANEL + k * PANEL + n % PANEL] = Int8(Int(weight(k, n)) * 20)
+            var at = ((n // PANEL) * WORDS + k // Q8_CODES_PER_WORD) * PANEL + n % PANEL
+            var stored = UInt32(q8_code(k, n) + Q8_CODE_OFFSET)
+            c[at] = c[at] | (stored << UInt32(8 * (k % Q8_CODES_PER_WORD)))
         for blk in range(K // Q8_BLOCK):
             s[(n // PANEL) * (K // Q8_BLOCK) * PANEL + blk * PANEL + n % PANEL] = Float32(1 << (blk + n % 3)) / 64.0
     for m_dim in range(1, M + 1):
         q8_panel_matmul[ACT_NONE](
             x.unsafe_origin_cast[MutAnyOrigin](),
-            q.unsafe_origin_cast[MutAnyOrigin](),
+            c.unsafe_origin_cast[MutAnyOrigin](),
             s.unsafe_origin_cast[MutAnyOrigin](),
             b.unsafe_origin_cast[MutAnyOrigin](),
             y.unsafe_origin_cast[MutAnyOrigin](),
@@ -54,7 +65,7 @@ def check_q8() raises:
                 var want = b[n]
                 for k in range(K):
                     var scale = Float32(1 << (k // Q8_BLOCK + n % 3)) / 64.0
-                    want += x[m * K + k] * weight(k, n) * 20.0 * scale
+                    want += x[m * K + k] * Float32(q8_code(k, n)) * scale
                 worst = max(worst, abs(y[m * N + n] - want))
         print("q8 rows", m_dim, "max_abs_error", worst)
 

@@ -191,9 +191,11 @@ def test_any_packed_matrix_is_padded_to_the_row_tile(tmp_path):
 
 def test_q8_0_matrices_are_repacked_for_the_q8_kernel_on_cpu(tmp_path):
     """Rows of 160 are not whole Q4_K blocks, so a q4_k file holds Q8_0:
-    on CPU each such matrix (and the tied head) becomes int8 panels plus
-    scales that widen back to exactly the stored values."""
+    on CPU each such matrix (and the tied head) becomes int8 code panels
+    plus scales that rebuild exactly the stored values."""
     from gpt2_lmhead_model.kernels.panels import PANEL, Q8_BLOCK, pack_q8_panels
+
+    from .test_kernel_panel_q8_linear import unpack
 
     config = {**CONFIG, "n_embd": 160, "n_head": 5, "n_inner": 320}
     checkpoint = write_checkpoint(tmp_path / "ckpt", config, seed=4)
@@ -204,8 +206,8 @@ def test_q8_0_matrices_are_repacked_for_the_q8_kernel_on_cpu(tmp_path):
     assert stored.tensor_type == gguf.GGMLQuantizationType.Q8_0
     q = np.from_dlpack(out["h.1.mlp.c_fc.weight"].data)
     scales = np.from_dlpack(out["h.1.mlp.c_fc.weight_scale"].data)
-    assert q.dtype == np.int8 and q.shape == (320 // PANEL, 160, PANEL)
-    widened = q.astype(np.float32) * np.repeat(scales, Q8_BLOCK, axis=1)
+    assert q.dtype == np.uint32 and q.shape == (320 // PANEL, 160 // 4, PANEL)
+    widened = unpack(q, 160) * np.repeat(scales, Q8_BLOCK, axis=1)
     dequantized = gguf.quants.dequantize(stored.data, stored.tensor_type)
     np.testing.assert_array_equal(
         widened.transpose(0, 2, 1).reshape(320, 160), dequantized.reshape(320, 160)

@@ -21,7 +21,7 @@ where with the float sum it would be `(W + dmin*m) @ dx`, and the mins
 are about half a block's range (measured: twice the logit error).
 """
 
-from std.math import fma, round
+from std.math import fma
 from std.memory import alloc, bitcast
 from std.runtime import parallelism_level
 from std.utils import StaticTuple
@@ -32,7 +32,7 @@ from linalg.arch.cpu.vnni_intrinsics import dot_i8_to_i32_saturated_x86
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 
-from .panels import F32, MAX_ROWS, PANEL, SIMD_WIDTH, Vec, check_shapes, store_rows
+from .panels import F32, PANEL, SIMD_WIDTH, Vec, check_shapes, quantize_rows, store_rows
 
 comptime Q4K_SUPER = 256
 """Values of K per super-block (`d`, `dmin`): ggml's `QK_K`."""
@@ -58,28 +58,6 @@ GPT-2 XL (bandwidth-bound) unchanged."""
 comptime I32s = SIMD[DType.int32, SIMD_WIDTH]
 comptime F32s = SIMD[F32, SIMD_WIDTH]
 comptime NIBBLES = I32s(0x0F0F0F0F)
-
-
-def quantize_rows(
-    x: Pointer[Float32, MutAnyOrigin],
-    x8: Pointer[Int32, MutAnyOrigin],
-    x_scale: Pointer[Float32, MutAnyOrigin],
-    x_sum: Pointer[Float32, MutAnyOrigin],
-    m_dim: Int,
-    k_dim: Int,
-):
-    """Each 32 values of x -> int8 (packed four per int32 in `x8`), their
-    scale `amax / 127` and the sum of the rounded values (`x8` times the
-    scale)."""
-    for block in range(m_dim * (k_dim // Q4K_SUB)):
-        var v = x.unsafe_load[width=Q4K_SUB](block * Q4K_SUB)
-        var amax = abs(v).reduce_max()
-        var inv = Float32(127.0) / amax if amax > 0 else Float32(0.0)
-        var q = round(v * inv).cast[DType.int8]()
-        x8.unsafe_store(block * (Q4K_SUB // 4), bitcast[DType.int32, Q4K_SUB // 4](q))
-        var scale = amax / Float32(127.0)
-        x_scale.unsafe_store(block, scale)
-        x_sum.unsafe_store(block, q.cast[F32]().reduce_add() * scale)
 
 
 @always_inline

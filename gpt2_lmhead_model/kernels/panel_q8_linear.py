@@ -11,20 +11,20 @@ from .panels import PANEL
 
 def panel_q8_linear(
     x: TensorValue,
-    q_panels: TensorValue,
+    codes: TensorValue,
     scales: TensorValue,
     bias: TensorValue,
     activation: int,
 ) -> TensorValue:
-    """`x [M, K]` float32, `q_panels [ceil(N/PANEL), K, PANEL]` int8 and
+    """`x [M, K]` float32, `codes [ceil(N/PANEL), K/4, PANEL]` uint32 and
     `scales [ceil(N/PANEL), K/32, PANEL]` from `pack_q8_panels`, `bias [N]`;
     `activation` an `ACT_*` code of `panels`."""
-    if q_panels.shape[2] != PANEL or q_panels.dtype != DType.int8:
-        raise ValueError(f"panel_q8_linear: weight {q_panels.shape} is not packed")
+    if codes.shape[2] != PANEL or codes.dtype != DType.uint32:
+        raise ValueError(f"panel_q8_linear: weight {codes.shape} is not packed")
     return ops.custom(
         name="panel_q8_linear",
         device=x.device,
-        values=[x, q_panels, scales, bias],
+        values=[x, codes, scales, bias],
         out_types=[TensorType(DType.float32, [x.shape[0], bias.shape[0]], x.device)],
         parameters={"activation": activation},
     )[0].tensor

@@ -13,7 +13,8 @@ widened to float32 in registers, exactly, and the math is float32's.
 """
 
 from std.runtime import parallelism_level
-from std.math import erf, fma, sqrt, tanh
+from std.math import erf, fma, round, sqrt, tanh
+from std.memory import bitcast
 from std.sys.info import simd_width_of
 from std.utils import StaticTuple
 
@@ -82,6 +83,34 @@ def store_rows[
         else:
             for j in range(width):
                 y.unsafe_store(y_row + j, out[j])
+
+
+comptime X_BLOCK = 32
+"""Values of a row of x per int8 scale, in the kernels that meet integer
+weight codes with integer activations (`panel_q4k_linear`,
+`panel_q8_linear`)."""
+
+
+def quantize_rows(
+    x: Pointer[Float32, MutAnyOrigin],
+    x8: Pointer[Int32, MutAnyOrigin],
+    x_scale: Pointer[Float32, MutAnyOrigin],
+    x_sum: Pointer[Float32, MutAnyOrigin],
+    m_dim: Int,
+    k_dim: Int,
+):
+    """Each 32 values of x -> int8 (packed four per int32 in `x8`), their
+    scale `amax / 127` and the sum of the rounded values (`x8` times the
+    scale)."""
+    for block in range(m_dim * (k_dim // X_BLOCK)):
+        var v = x.unsafe_load[width=X_BLOCK](block * X_BLOCK)
+        var amax = abs(v).reduce_max()
+        var inv = Float32(127.0) / amax if amax > 0 else Float32(0.0)
+        var q = round(v * inv).cast[DType.int8]()
+        x8.unsafe_store(block * (X_BLOCK // 4), bitcast[DType.int32, X_BLOCK // 4](q))
+        var scale = amax / Float32(127.0)
+        x_scale.unsafe_store(block, scale)
+        x_sum.unsafe_store(block, q.cast[F32]().reduce_add() * scale)
 
 
 def is_panel_dtype[wdt: DType]() -> Bool:

@@ -43,27 +43,29 @@ Q8_BLOCK = 32
 """Values per scale in ggml's Q8_0 (`QK8_0`), and in `pack_q8_panels`."""
 
 
+Q8_CODES_PER_WORD = 4
+"""int8 codes per uint32 of `pack_q8_panels`' codes."""
+Q8_CODE_OFFSET = 128
+"""`pack_q8_panels` stores `q + 128`: the x86 byte dot product takes one
+operand unsigned."""
+
+
 def pack_q8_panels(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ggml Q8_0 rows `[N, K/32 * 34]` bytes (per block: an fp16 scale, then
-    32 int8) -> int8 panels `[ceil(N / PANEL), K, PANEL]` and float32 scales
-    `[ceil(N / PANEL), K/32, PANEL]`, zero-padded past N, for
-    `panel_q8_linear`. Column n of the panels is row n of the ggml matrix."""
+    32 int8) -> code panels `[ceil(N / PANEL), K/4, PANEL]` uint32 (per
+    column, four K-consecutive codes plus 128, the first in the low byte)
+    and float32 scales `[ceil(N / PANEL), K/32, PANEL]`, for
+    `panel_q8_linear`. Column n of the panels is row n of the ggml matrix;
+    columns past N have code 0 and scale 0."""
     n, row_bytes = blocks.shape
     if row_bytes % (Q8_BLOCK + 2):
         raise ValueError(f"pack_q8_panels: {row_bytes} bytes is not whole Q8_0 blocks")
     nb = row_bytes // (Q8_BLOCK + 2)
     raw = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(n, nb, Q8_BLOCK + 2)
     scales = raw[:, :, :2].copy().view(np.float16).reshape(n, nb).astype(np.float32)
-    quants = raw[:, :, 2:].copy().view(np.int8).reshape(n, nb * Q8_BLOCK)
-    panels = panel_count(n)
-    q = np.zeros((panels * PANEL, nb * Q8_BLOCK), dtype=np.int8)
-    q[:n] = quants
-    s = np.zeros((panels * PANEL, nb), dtype=np.float32)
-    s[:n] = scales
-    return (
-        np.ascontiguousarray(q.reshape(panels, PANEL, -1).transpose(0, 2, 1)),
-        np.ascontiguousarray(s.reshape(panels, PANEL, nb).transpose(0, 2, 1)),
-    )
+    codes = raw[:, :, 2:] ^ np.uint8(Q8_CODE_OFFSET)  # two's complement + 128
+    words = codes.reshape(n, nb * Q8_BLOCK).copy().view("<u4")  # [N, K/4]
+    return _columns_to_panels(words), _columns_to_panels(scales)
 
 
 Q4K_SUPER = 256
