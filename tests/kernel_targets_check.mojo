@@ -21,8 +21,10 @@ def q8_code(k: Int, n: Int) -> Int:
 
 def check_q8() raises:
     """`q8_panel_matmul`: int8 codes over their whole range (stored plus
-    128: the unsigned byte's whole range), power-of-two scales, and x whose
-    every 32 values peak at 127, so its rounding to int8 is exact."""
+    128: the unsigned byte's whole range), power-of-two scales, and integer
+    x over -127..127 whose every 32 values peak at 127, so its rounding to
+    int8 is exact; adjacent large codes and x overflow a 16-bit pair sum,
+    which a saturating byte dot product would clip."""
     comptime M = 19
     comptime K = 2 * Q8_BLOCK
     comptime N = 77
@@ -35,7 +37,7 @@ def check_q8() raises:
     var y = alloc[Float32](M * N)
     for i in range(M * K):
         var sign = Float32(1.0) if (i // Q8_BLOCK) % 2 == 0 else Float32(-1.0)
-        x[i] = sign * 127.0 if i % Q8_BLOCK == 0 else Float32((i * 7) % 13) - 6.0
+        x[i] = sign * 127.0 if i % Q8_BLOCK == 0 else Float32((i * 37) % 255) - 127.0
     for i in range(P * WORDS * PANEL):
         c[i] = 0
     for i in range(P * (K // Q8_BLOCK) * PANEL):

@@ -2,8 +2,9 @@
 
 MAX compiles custom kernels for the host CPU, so the NumPy tests exercise
 one vector width only. Here `mojo build` compiles the kernel for AVX2-only
-(`x86-64-v3`, 8 float32 lanes) and for the host (16 lanes with AVX-512) and
-runs both against a scalar loop: the float32, bfloat16, float16, Q8_0,
+(`x86-64-v3`, 8 float32 lanes), for AVX-512 without VNNI (`skylake-avx512`,
+where the host can run it) and for the host (16 lanes with AVX-512) and
+runs each against a scalar loop: the float32, bfloat16, float16, Q8_0,
 Q4_K and Q6_K panels.
 """
 
@@ -72,6 +73,13 @@ def check_output(out: str, simd_width: int) -> None:
 
 def test_avx2_only_target(tmp_path):
     check_output(build_and_run(tmp_path, "x86-64-v3"), simd_width=8)
+
+
+@pytest.mark.skipif(not AVX512, reason="runs AVX-512 code")
+def test_avx512_without_vnni_target(tmp_path):
+    """Intel Xeons before Cascade Lake: 16 lanes, but the byte dot products
+    of the integer kernels take the non-VNNI route."""
+    check_output(build_and_run(tmp_path, "skylake-avx512"), simd_width=16)
 
 
 def test_host_target(tmp_path):
