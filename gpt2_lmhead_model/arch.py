@@ -33,6 +33,11 @@ gpt2_arch = SupportedArchitecture(
         WeightsFormat.gguf: gguf_weights.convert_gguf_state_dict,
     },
     multi_gpu_supported=False,
+    # Log-probabilities on every server (docs/SERVING.md): MAX's overlap
+    # scheduler, which it would turn on by itself on a GPU, refuses them.
+    # `--enable-overlap-scheduler` still turns it on for throughput.
+    supports_overlap_scheduler=False,
+    supports_device_graph_capture=False,
     config=GPT2Config,
     batching=GPT2BatchProcessor,
     memory_planner=GPT2MemoryPlanner,

@@ -3,13 +3,8 @@
 A GGUF GPT-2 differs from a Hugging Face checkpoint in three ways:
 - names: llama.cpp's (`token_embd`, `blk.N.attn_qkv`, `ffn_up`, ...);
 - layout: matrices are already `[out, in]`, as a `Linear` wants them;
-- encodings: matrices may be ggml blocks or half floats. On CPU, Q8_0,
-  Q4_K and Q6_K ones are repacked for this package's panel kernels
-  (`REPACKED`), and F16/BF16 ones (what llama.cpp's converter writes by
-  default) stay half-width for them (`HALF_FLOATS`); Q4_0 (and Q4_K and
-  Q6_K off the CPU) stay packed for MAX's quantized matmuls. Any other
-  encoding (Q5_K, ..., and F16/BF16 off the CPU), and every vector, is
-  dequantized at load.
+- encodings: tensors may be ggml blocks or half floats. They are handed on
+  as stored (`StoredTensor`); `routing` decides how each matrix runs.
 The file's metadata must agree with `config.json` and its tensors with
 both; anything else is refused, naming the key or tensor.
 """
@@ -24,29 +19,18 @@ from typing import Any
 import gguf
 import numpy as np
 from max.dtype import DType
-from max.graph import Shape
 from max.graph.quantization import QuantizationEncoding
-from max.graph.weights import WeightData, Weights
+from max.graph.weights import Weights
 from max.pipelines.lib import PipelineConfig
 from transformers import AutoConfig
 
-from .kernels.panels import (
-    pack_panels,
-    pack_q4k_panels,
-    pack_q6k_panels,
-    pack_q8_panels,
-)
-from .model_config import hyperparameters, validate_hf_config
+from .formats import StoredTensor
+from .model_config import hyperparameters
 from .weight_adapters import (
     CheckpointMismatch,
     Dims,
-    from_raw_array,
     graph_weight_shapes,
-    pack_panel_weights,
-    panel_target,
-    pipeline_target,
     refuse_mismatches,
-    transpose,
 )
 
 # llama.cpp's tensor names (convert_hf_to_gguf.py, GPT2Model) -> GPT-2's.
@@ -66,16 +50,21 @@ _PER_BLOCK = {
 }
 _GGUF_NAME = re.compile(r"(?:blk\.(\d+)\.)?([a-z_]+)\.(weight|bias)")
 
-# The ggml encodings MAX has matmul and dequantize kernels for.
+# The ggml types MAX's `--quantization-encoding` has a name for (what
+# `gpt2-max unpack` tells MAX a file holds; the graph then computes in
+# float32, and `routing` decides per matrix how each runs).
 KERNEL_ENCODINGS = {
     gguf.GGMLQuantizationType.Q4_0: QuantizationEncoding.Q4_0,
     gguf.GGMLQuantizationType.Q4_K: QuantizationEncoding.Q4_K,
     gguf.GGMLQuantizationType.Q6_K: QuantizationEncoding.Q6_K,
 }
 
-# MAX's CPU ggml matmuls repack weights in tiles of 32 output rows: packed
-# matrices are padded to it (GPT-2's 50257-row head is the usual case).
-ROW_TILE = 32
+# Plain floats: handed on as arrays (bfloat16 as its raw 16-bit words).
+FLOATS = {
+    gguf.GGMLQuantizationType.F32: (DType.float32, np.float32),
+    gguf.GGMLQuantizationType.F16: (DType.float16, np.float16),
+    gguf.GGMLQuantizationType.BF16: (DType.bfloat16, np.uint16),
+}
 
 # llama.cpp's metadata keys -> config.json's names. The last three are not
 # llama.cpp's (it assumes GPT-2's defaults); `gpt2-max convert` writes them.
@@ -157,7 +146,6 @@ def expected_shapes(hf_config: AutoConfig) -> dict[str, Dims]:
 
 def plan(stored: Mapping[str, Dims], hf_config: AutoConfig) -> dict[str, str]:
     """GGUF name -> graph name, or one error naming every problem."""
-    validate_hf_config(hf_config)
     expected = expected_shapes(hf_config)
     tied = bool(hyperparameters(hf_config)["tie_word_embeddings"])
     problems = []
@@ -181,179 +169,25 @@ def _rows_cols(tensor: gguf.ReaderTensor) -> Dims:
     return tuple(int(d) for d in reversed(tensor.shape.tolist()))
 
 
-def _stays_packed(target: str) -> bool:
-    """The matrices that run through MAX's quantized matmul."""
-    return target.endswith(".weight") and (
-        target.split(".")[-2] in ("c_attn", "c_proj", "c_fc", "lm_head")
-    )
-
-
-def _packed(tensor: gguf.ReaderTensor, name: str) -> WeightData:
-    """The ggml blocks as stored (a copy: the weights outlive the file's
-    memory map), rows padded to `ROW_TILE`."""
-    shape = gguf.quant_shape_to_byte_shape(list(_rows_cols(tensor)), tensor.tensor_type)
-    packed = np.array(tensor.data, dtype=np.uint8, copy=True).reshape(shape)
-    encoding = KERNEL_ENCODINGS[tensor.tensor_type]
-    return pad_rows(WeightData(packed, name, DType.uint8, Shape(shape), encoding))
-
-
-def _repack_q8_0(blocks: np.ndarray, name: str) -> dict[str, WeightData]:
-    quants, scales = pack_q8_panels(blocks)
-    return {
-        name: WeightData.from_numpy(quants, name),
-        f"{name}_scale": WeightData.from_numpy(scales, f"{name}_scale"),
-    }
-
-
-def _repack_q4_k(blocks: np.ndarray, name: str) -> dict[str, WeightData]:
-    codes, sub_scales, super_scales = pack_q4k_panels(blocks)
-    return {
-        name: WeightData.from_numpy(codes, name),
-        f"{name}_sub_scales": WeightData.from_numpy(sub_scales, f"{name}_sub_scales"),
-        f"{name}_super_scales": WeightData.from_numpy(
-            super_scales, f"{name}_super_scales"
-        ),
-    }
-
-
-def _repack_q6_k(blocks: np.ndarray, name: str) -> dict[str, WeightData]:
-    low, high, multipliers, scales = pack_q6k_panels(blocks)
-    return {
-        name: WeightData.from_numpy(low, name),
-        f"{name}_high": WeightData.from_numpy(high, f"{name}_high"),
-        f"{name}_multipliers": WeightData.from_numpy(
-            multipliers, f"{name}_multipliers"
-        ),
-        f"{name}_scales": WeightData.from_numpy(scales, f"{name}_scales"),
-    }
-
-
-# The ggml encodings that run on CPU through this package's panel kernels
-# (`kernels/`), repacked at load: MAX 26.7 has no Q8_0 matmul, ours for
-# Q4_K is as fast as MAX's with about 30 % less logit error (per-32 rather
-# than per-256 activation scales), and ours for Q6_K is faster than MAX's
-# (docs/BENCHMARKS.md). Each repacking names the weight beside `<name>`
-# whose presence marks it (`panel_ggml_weights`).
-REPACKED = {
-    gguf.GGMLQuantizationType.Q8_0: ("q8_0", "_scale", _repack_q8_0),
-    gguf.GGMLQuantizationType.Q4_K: ("q4_k", "_super_scales", _repack_q4_k),
-    gguf.GGMLQuantizationType.Q6_K: ("q6_k", "_multipliers", _repack_q6_k),
-}
-
-
-# Half-float matrices the panel kernels stream as they are on CPU (half the
-# bytes of float32, widened exactly in registers): ggml type -> the dtype
-# and the name `GPT2Config.panel_ggml_weights` gives them.
-HALF_FLOATS = {
-    gguf.GGMLQuantizationType.F16: (DType.float16, "f16"),
-    gguf.GGMLQuantizationType.BF16: (DType.bfloat16, "bf16"),
-}
-
-
-def panel_ggml_weights(state_dict: Mapping[str, object]) -> dict[str, str]:
-    """Graph weight name -> ggml encoding, for the matrices `adapt_tensors`
-    repacked and the half-float ones packed in panels (see
-    `GPT2Config.panel_ggml_weights`)."""
-    found = {}
-    for encoding, marker, _ in REPACKED.values():
-        for name in state_dict:
-            if name.endswith(".weight" + marker):
-                found[name.removesuffix(marker)] = encoding
-    half = {dtype: encoding for dtype, encoding in HALF_FLOATS.values()}
-    for name, data in state_dict.items():
-        dtype, shape = getattr(data, "dtype", None), getattr(data, "shape", ())
-        if dtype in half and len(shape) == 3 and name.endswith(".weight"):
-            found[name] = half[dtype]  # `[panels, K, PANEL]`
-    return found
-
-
-def _repacked(tensor: gguf.ReaderTensor, name: str) -> dict[str, WeightData]:
-    """A matrix as its panel kernel reads it (see `REPACKED`)."""
-    rows = _rows_cols(tensor)[0]
-    blocks = np.asarray(tensor.data, dtype=np.uint8).reshape(rows, -1)
-    return REPACKED[tensor.tensor_type][2](blocks, name)
-
-
-def _half(tensor: gguf.ReaderTensor, name: str) -> WeightData:
-    """An F16/BF16 matrix in panels, in its own dtype (bfloat16 as its raw
-    16-bit words): columns of the panels are the file's rows."""
-    dtype, _ = HALF_FLOATS[tensor.tensor_type]
-    words = np.asarray(tensor.data).view(np.uint16).reshape(_rows_cols(tensor))
-    if dtype == DType.float16:
-        words = words.view(np.float16)
-    return from_raw_array(pack_panels(words.T), name, dtype)
-
-
-def _dequantized(tensor: gguf.ReaderTensor, name: str, dtype: DType) -> WeightData:
-    array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-    data = WeightData.from_numpy(
-        np.ascontiguousarray(array.reshape(_rows_cols(tensor)), np.float32), name
-    )
-    return data if dtype == DType.float32 else data.astype(dtype)
+def stored_tensor(tensor: gguf.ReaderTensor, name: str) -> StoredTensor:
+    """A file tensor under its graph name, as stored (no copy)."""
+    shape = _rows_cols(tensor)
+    if tensor.tensor_type in FLOATS:
+        dtype, np_type = FLOATS[tensor.tensor_type]
+        array = np.asarray(tensor.data).view(np_type).reshape(shape)
+        return StoredTensor(name, array, dtype, shape)
+    return StoredTensor(name, tensor.data, DType.uint8, shape, tensor.tensor_type)
 
 
 def adapt_tensors(
-    tensors: Mapping[str, gguf.ReaderTensor],
-    hf_config: AutoConfig,
-    dtype: DType,
-    head_in_out: bool,
-    repack: bool = False,
-) -> dict[str, WeightData]:
-    """Renames, keeps kernel-encoded matrices packed, dequantizes the rest.
-
-    With `repack` (CPU) the `REPACKED` encodings are repacked for the panel
-    kernels instead, and `HALF_FLOATS` matrices packed in half-width panels.
-
-    `wte` is always dequantized: a lookup reads one row per token, so its
-    encoding saves memory, not time, and MAX 26.7's gather + dequantize of
-    a ggml table crashed (segfault) inside our graph. A quantized tied head
-    therefore becomes its own packed `lm_head.weight`. With `head_in_out`
-    (float weights on CPU, see `GPT2Config.lm_head_in_out`) a float head is
-    stored `[n_embd, vocab]`, copied from `wte` if tied.
-    """
+    tensors: Mapping[str, gguf.ReaderTensor], hf_config: AutoConfig
+) -> dict[str, StoredTensor]:
+    """Every tensor under its graph name, checked against `config.json`."""
     targets = plan({k: _rows_cols(t) for k, t in tensors.items()}, hf_config)
-    out: dict[str, WeightData] = {}
-    for source, target in targets.items():
-        tensor = tensors[source]
-        if _stays_packed(target) and repack and tensor.tensor_type in REPACKED:
-            out.update(_repacked(tensor, target))
-        elif _stays_packed(target) and repack and tensor.tensor_type in HALF_FLOATS:
-            out[target] = _half(tensor, target)
-        elif tensor.tensor_type in KERNEL_ENCODINGS and _stays_packed(target):
-            out[target] = _packed(tensor, target)
-        else:
-            out[target] = _dequantized(tensor, target, dtype)
-    wte = tensors[next(src for src, dst in targets.items() if dst == "wte.weight")]
-    if "lm_head.weight" not in out and repack and wte.tensor_type in REPACKED:
-        out.update(_repacked(wte, "lm_head.weight"))  # tied
-    elif "lm_head.weight" not in out and repack and wte.tensor_type in HALF_FLOATS:
-        out["lm_head.weight"] = _half(wte, "lm_head.weight")  # tied
-    elif "lm_head.weight" not in out and wte.tensor_type in KERNEL_ENCODINGS:
-        out["lm_head.weight"] = _packed(wte, "lm_head.weight")  # tied
-    head = out.get("lm_head.weight")
-    if (
-        head_in_out
-        and "lm_head.weight" not in panel_ggml_weights(out)
-        and (head is None or head.quantization_encoding is None)
-    ):
-        out["lm_head.weight"] = transpose(head or out["wte.weight"], "lm_head.weight")
-    return out
-
-
-def pad_rows(data: WeightData) -> WeightData:
-    """Appends all-zero rows up to a multiple of `ROW_TILE`.
-
-    An all-zero ggml block decodes to zeros in Q4_0, Q4_K and Q6_K alike;
-    the graph slices the padded outputs off (`QuantizedLinear`).
-    """
-    packed = np.from_dlpack(data.data)
-    extra = -packed.shape[0] % ROW_TILE
-    if extra == 0:
-        return data
-    padded = np.concatenate([packed, np.zeros((extra, packed.shape[1]), np.uint8)])
-    return WeightData(
-        padded, data.name, DType.uint8, Shape(padded.shape), data.quantization_encoding
-    )
+    return {
+        target: stored_tensor(tensors[source], target)
+        for source, target in targets.items()
+    }
 
 
 def metadata_of(reader: gguf.GGUFReader) -> dict[str, Any]:
@@ -371,9 +205,9 @@ def convert_gguf_state_dict(
     huggingface_config: AutoConfig,
     pipeline_config: PipelineConfig,
     **unused_kwargs: object,
-) -> dict[str, WeightData]:
+) -> dict[str, StoredTensor]:
     """The registered GGUF adapter."""
-    _, dtype, head_in_out = pipeline_target(pipeline_config)
+    del pipeline_config  # how each matrix runs is `routing`'s to decide
     # MAX's GGUFWeights (26.7.0) keeps its reader and raw tensors private;
     # the raw tensor carries the ggml type of encodings MAX cannot load.
     weights = list(state_dict.values())
@@ -381,6 +215,4 @@ def convert_gguf_state_dict(
         raise CheckpointMismatch("GGUF file holds no tensors")
     check_metadata(metadata_of(weights[0]._reader), huggingface_config)  # type: ignore[attr-defined]
     tensors = {name: w._raw_tensor() for name, w in state_dict.items()}  # type: ignore[attr-defined]
-    cpu = all(spec.device_type == "cpu" for spec in pipeline_config.model.device_specs)
-    adapted = adapt_tensors(tensors, huggingface_config, dtype, head_in_out, cpu)
-    return pack_panel_weights(adapted) if panel_target(pipeline_config) else adapted
+    return adapt_tensors(tensors, huggingface_config)

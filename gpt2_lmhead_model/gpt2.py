@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from max import tree
 from max.dtype import DType
-from max.graph import DeviceRef, Dim, Graph, TensorValue, Type, Value, Weight, ops
+from max.graph import DeviceRef, Dim, Graph, TensorValue, Type, Value, ops
 from max.graph import Module as GraphModule
-from max.graph.quantization import QuantizationEncoding
 from max.nn.attention.mask_config import MHAMaskVariant
 from max.nn.embedding import Embedding
 from max.nn.kernels import (
@@ -30,7 +29,6 @@ from max.nn.kernels import (
 )
 from max.nn.kv_cache import KVCacheInputsPerDevice, PagedCacheValues
 from max.nn.layer import LayerList, Module
-from max.nn.linear import Linear
 from max.nn.norm import LayerNorm
 from max.nn.transformer import ReturnLogits
 from max.nn.transformer.transformer import logits_postprocess
@@ -38,42 +36,30 @@ from max.pipelines.lib.interfaces.batch_processor import (
     ragged_kv_symbolic_input_tree,
 )
 
-from .kernels.panel_linear import panel_linear
-from .kernels.panel_matmul import panel_matmul
-from .kernels.panel_q4k_linear import panel_q4k_linear
-from .kernels.panel_q6k_linear import panel_q6k_linear
-from .kernels.panel_q8_linear import panel_q8_linear
-from .kernels.panels import (
-    ACT_NONE,
-    FUSED_ACTIVATIONS,
-    PANEL,
-    Q4K_CODES_PER_WORD,
-    Q4K_SUB,
-    Q4K_SUPER,
-    Q6K_GROUP,
-    Q6K_SUPER,
-    Q8_BLOCK,
-    Q8_CODES_PER_WORD,
-    panel_count,
-)
+from .formats import Dense
+from .layers import GPT2Linear
 from .model_config import GPT2Config
 
-Activation = Callable[[TensorValue], TensorValue]
 
-# The formulas behind transformers' ACT2FN names. gelu_new, gelu_fast,
-# gelu_accurate and gelu_pytorch_tanh are all the tanh approximation.
-ACTIVATIONS: dict[str, Activation] = {
-    "gelu": ops.gelu,
-    "gelu_new": functools.partial(ops.gelu, approximate="tanh"),
-    "gelu_pytorch_tanh": functools.partial(ops.gelu, approximate="tanh"),
-    "gelu_fast": functools.partial(ops.gelu, approximate="tanh"),
-    "gelu_accurate": functools.partial(ops.gelu, approximate="tanh"),
-    "quick_gelu": functools.partial(ops.gelu, approximate="quick"),
-    "relu": ops.relu,
-    "silu": ops.silu,
-    "swish": ops.silu,
-    "tanh": ops.tanh,
-}
+def linear(
+    config: GPT2Config,
+    name: str,
+    in_dim: int,
+    out_dim: int,
+    activation: str | None = None,
+    has_bias: bool = True,
+) -> GPT2Linear:
+    """The layer `name` in the format the routing plan gave its matrix."""
+    assert config.weights is not None, "GPT2Config.finalize comes first"
+    return GPT2Linear(
+        config.weights[name],
+        in_dim,
+        out_dim,
+        config.dtype,
+        config.devices[0],
+        activation=activation,
+        has_bias=has_bias,
+    )
 
 
 def token_positions(
@@ -123,6 +109,8 @@ class GPT2Attention(Module):
             config, prefix + "c_attn", config.n_embd, 3 * config.n_embd
         )
         self.c_proj = linear(config, prefix + "c_proj", config.n_embd, config.n_embd)
+        fmt = self.c_attn.fmt
+        self.fused_qkv = config.fused_qkv and isinstance(fmt, Dense) and not fmt.in_out
 
     def __call__(
         self,
@@ -151,7 +139,7 @@ class GPT2Attention(Module):
         input_row_offsets: TensorValue,
     ) -> TensorValue:
         """`c_attn`: writes K and V of the new tokens to the cache, returns Q."""
-        if isinstance(self.c_attn, Linear):
+        if self.fused_qkv:
             assert self.c_attn.bias is not None
             return fused_qkv_ragged_matmul(
                 self.kv_params,
@@ -163,8 +151,8 @@ class GPT2Attention(Module):
                 n_heads=self.n_head,
                 bias=self.c_attn.bias.to(x.device),
             )
-        # A ggml-quantized or panel-kernel c_attn has no fused cache-writing
-        # kernel: project, then store K and V with MAX's paged-cache store ops.
+        # Any other format has no fused cache-writing kernel: project, then
+        # store K and V with MAX's paged-cache store ops.
         qkv = self.c_attn(x)
         heads = (-1, self.n_head, self.kv_params.head_dim)
         q, k, v = (qkv[:, i * self.n_embd : (i + 1) * self.n_embd] for i in range(3))
@@ -191,12 +179,9 @@ class GPT2MLP(Module):
             activation=config.activation_function,
         )
         self.c_proj = linear(config, prefix + "c_proj", config.n_inner, config.n_embd)
-        self.act = ACTIVATIONS[config.activation_function]
 
     def __call__(self, x: TensorValue) -> TensorValue:
-        if isinstance(self.c_fc, PanelLinear | PanelGGMLLinear):  # activation inside
-            return self.c_proj(self.c_fc(x))
-        return self.c_proj(self.act(self.c_fc(x)))
+        return self.c_proj(self.c_fc(x))
 
 
 class GPT2Block(Module):
@@ -227,307 +212,11 @@ class GPT2Block(Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class QuantizedLinear(Module):
-    """`x @ W.T + b` with `W` in a ggml encoding (blocks along `in`) and a
-    float bias; MAX's `Linear` would quantize the bias with the weight."""
-
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        encoding: QuantizationEncoding,
-        config: GPT2Config,
-        has_bias: bool = True,
-    ) -> None:
-        super().__init__()
-        device = config.devices[0]
-        self.encoding = encoding
-        self.out_dim = out_dim
-        # Shape is a placeholder: loading sets the packed byte shape.
-        self.weight = Weight(
-            "weight",
-            DType.uint8,
-            (out_dim, in_dim),
-            device=device,
-            quantization_encoding=encoding,
-        )
-        self.bias = (
-            Weight("bias", config.dtype, (out_dim,), device=device)
-            if has_bias
-            else None
-        )
-
-    def __call__(self, x: TensorValue) -> TensorValue:
-        y = ops.qmatmul(self.encoding, None, x, self.weight.to(x.device))
-        if int(self.weight.shape[0]) != self.out_dim:
-            y = y[:, : self.out_dim]  # rows padded at load (`pad_rows`)
-        return y if self.bias is None else y + self.bias.to(x.device)
-
-
-class PanelLinear(Module):
-    """`act(x @ W + b)` through the `panel_linear` Mojo kernel (CPU,
-    float32), `W` packed in panels at load (`pack_panel_weights`).
-
-    GPT-2's GELUs run fused in the kernel; any other activation as a graph
-    op after it.
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        config: GPT2Config,
-        activation: str | None = None,
-    ) -> None:
-        super().__init__()
-        device = config.devices[0]
-        self.activation = activation
-        self.weight = Weight(
-            "weight",
-            DType.float32,
-            (panel_count(out_dim), in_dim, PANEL),
-            device=device,
-        )
-        self.bias = Weight("bias", DType.float32, (out_dim,), device=device)
-
-    def __call__(self, x: TensorValue) -> TensorValue:
-        fused = FUSED_ACTIVATIONS.get(self.activation or "", ACT_NONE)
-        y = panel_linear(x, self.weight.to(x.device), self.bias.to(x.device), fused)
-        if self.activation is not None and fused == ACT_NONE:
-            y = ACTIVATIONS[self.activation](y)
-        return y
-
-
-class PanelGGMLLinear(Module):
-    """`act(x @ W + b)` through a Mojo kernel (CPU) that streams a ggml
-    matrix repacked at load (`gguf_weights.REPACKED`): the bytes of the
-    encoding, not the four of a float. A subclass per encoding declares
-    the repacked weights and calls its kernel.
-
-    The head has no bias: it passes zeros.
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        config: GPT2Config,
-        activation: str | None = None,
-        has_bias: bool = True,
-    ) -> None:
-        super().__init__()
-        device = config.devices[0]
-        self.activation = activation
-        self.out_dim = out_dim
-        self._declare_weights(in_dim, panel_count(out_dim), device)
-        self.bias = (
-            Weight("bias", DType.float32, (out_dim,), device=device)
-            if has_bias
-            else None
-        )
-
-    def _declare_weights(self, in_dim: int, panels: int, device: DeviceRef) -> None:
-        raise NotImplementedError
-
-    def _kernel(self, x: TensorValue, bias: TensorValue, fused: int) -> TensorValue:
-        raise NotImplementedError
-
-    def __call__(self, x: TensorValue) -> TensorValue:
-        fused = FUSED_ACTIVATIONS.get(self.activation or "", ACT_NONE)
-        bias = (
-            self.bias.to(x.device)
-            if self.bias is not None
-            else ops.broadcast_to(
-                ops.constant(0.0, DType.float32, x.device), [self.out_dim]
-            )
-        )
-        y = self._kernel(x, bias, fused)
-        if self.activation is not None and fused == ACT_NONE:
-            y = ACTIVATIONS[self.activation](y)
-        return y
-
-
-class PanelQ8Linear(PanelGGMLLinear):
-    """Q8_0 through `panel_q8_linear`: int8 codes, four per word, and a
-    float32 scale per 32 (`pack_q8_panels`), against activations rounded to
-    int8 per 32 values."""
-
-    def _declare_weights(self, in_dim: int, panels: int, device: DeviceRef) -> None:
-        words = in_dim // Q8_CODES_PER_WORD
-        self.weight = Weight("weight", DType.uint32, (panels, words, PANEL), device)
-        self.weight_scale = Weight(
-            "weight_scale", DType.float32, (panels, in_dim // Q8_BLOCK, PANEL), device
-        )
-
-    def _kernel(self, x: TensorValue, bias: TensorValue, fused: int) -> TensorValue:
-        return panel_q8_linear(
-            x, self.weight.to(x.device), self.weight_scale.to(x.device), bias, fused
-        )
-
-
-class PanelQ4KLinear(PanelGGMLLinear):
-    """Q4_K through `panel_q4k_linear`: 4-bit codes, 6-bit sub-block
-    multipliers and float32 super-block scales (`pack_q4k_panels`), against
-    activations rounded to int8 per 32 values."""
-
-    def _declare_weights(self, in_dim: int, panels: int, device: DeviceRef) -> None:
-        words = in_dim // Q4K_CODES_PER_WORD
-        self.weight = Weight("weight", DType.uint32, (panels, words, PANEL), device)
-        self.weight_sub_scales = Weight(
-            "weight_sub_scales",
-            DType.uint8,
-            (panels, in_dim // Q4K_SUB, 2, PANEL),
-            device,
-        )
-        self.weight_super_scales = Weight(
-            "weight_super_scales",
-            DType.float32,
-            (panels, in_dim // Q4K_SUPER, 2, PANEL),
-            device,
-        )
-
-    def _kernel(self, x: TensorValue, bias: TensorValue, fused: int) -> TensorValue:
-        return panel_q4k_linear(
-            x,
-            self.weight.to(x.device),
-            self.weight_sub_scales.to(x.device),
-            self.weight_super_scales.to(x.device),
-            bias,
-            fused,
-        )
-
-
-class PanelQ6KLinear(PanelGGMLLinear):
-    """Q6_K through `panel_q6k_linear`: low nibbles, high bit pairs, int8
-    multipliers per 16 and float32 super-block scales (`pack_q6k_panels`),
-    against activations rounded to int8 per 32 values."""
-
-    def _declare_weights(self, in_dim: int, panels: int, device: DeviceRef) -> None:
-        groups = in_dim // Q6K_GROUP
-        words = in_dim // Q4K_CODES_PER_WORD  # low nibbles, packed as Q4_K's codes
-        self.weight = Weight("weight", DType.uint32, (panels, words, PANEL), device)
-        self.weight_high = Weight(
-            "weight_high", DType.uint32, (panels, groups, PANEL), device
-        )
-        self.weight_multipliers = Weight(
-            "weight_multipliers", DType.int8, (panels, groups, PANEL), device
-        )
-        self.weight_scales = Weight(
-            "weight_scales",
-            DType.float32,
-            (panels, in_dim // Q6K_SUPER, PANEL),
-            device,
-        )
-
-    def _kernel(self, x: TensorValue, bias: TensorValue, fused: int) -> TensorValue:
-        return panel_q6k_linear(
-            x,
-            self.weight.to(x.device),
-            self.weight_high.to(x.device),
-            self.weight_multipliers.to(x.device),
-            self.weight_scales.to(x.device),
-            bias,
-            fused,
-        )
-
-
-class PanelHalfLinear(PanelGGMLLinear):
-    """F16 or BF16 through `panel_linear`: half-width panels (`_half` in
-    `gguf_weights`), widened exactly to float32 in registers, so the math
-    is float32's on the file's own weights at half the bytes."""
-
-    weight_dtype: DType
-
-    def _declare_weights(self, in_dim: int, panels: int, device: DeviceRef) -> None:
-        shape = (panels, in_dim, PANEL)
-        self.weight = Weight("weight", self.weight_dtype, shape, device)
-
-    def _kernel(self, x: TensorValue, bias: TensorValue, fused: int) -> TensorValue:
-        return panel_linear(x, self.weight.to(x.device), bias, fused)
-
-
-class PanelF16Linear(PanelHalfLinear):
-    weight_dtype = DType.float16
-
-
-class PanelBF16Linear(PanelHalfLinear):
-    weight_dtype = DType.bfloat16
-
-
-PANEL_GGML_LAYERS: dict[str, type[PanelGGMLLinear]] = {
-    "q8_0": PanelQ8Linear,
-    "q4_k": PanelQ4KLinear,
-    "q6_k": PanelQ6KLinear,
-    "f16": PanelF16Linear,
-    "bf16": PanelBF16Linear,
-}
-"""The ggml encodings `GPT2Config.panel_ggml_weights` may name."""
-
-
-def linear(
-    config: GPT2Config,
-    name: str,
-    in_dim: int,
-    out_dim: int,
-    activation: str | None = None,
-) -> Linear | QuantizedLinear | PanelLinear | PanelGGMLLinear:
-    """A biased projection: ggml-encoded if the checkpoint stores `name` so
-    (Q8_0, Q4_K, Q6_K, F16 and BF16 repacked for a panel kernel on CPU), else the
-    panel kernel on CPU float32, else MAX's `Linear`. `activation` is
-    applied only by the panel layers; callers apply it to the others."""
-    encoding = config.quantized_weights.get(name + ".weight")
-    if encoding is not None:
-        return QuantizedLinear(in_dim, out_dim, encoding, config)
-    repacked = config.panel_ggml_weights.get(name + ".weight")
-    if repacked is not None:
-        return PANEL_GGML_LAYERS[repacked](in_dim, out_dim, config, activation)
-    if config.panel_kernels:
-        return PanelLinear(in_dim, out_dim, config, activation)
-    return Linear(in_dim, out_dim, config.dtype, config.devices[0], has_bias=True)
-
-
-class LMHead(Module):
-    """The LM head stored `[n_embd, vocab]`, computing `x @ W` (see
-    `GPT2Config.lm_head_in_out`)."""
-
-    def __init__(self, config: GPT2Config) -> None:
-        super().__init__()
-        self.weight = Weight(
-            "weight",
-            config.dtype,
-            (config.n_embd, config.vocab_size),
-            device=config.devices[0],
-        )
-
-    def __call__(self, x: TensorValue) -> TensorValue:
-        return x @ self.weight.to(x.device)
-
-
-class PanelHead(Module):
-    """The LM head through the `panel_matmul` Mojo kernel (CPU, float32),
-    packed in panels at load; tied or not, it holds its own packed copy."""
-
-    def __init__(self, config: GPT2Config) -> None:
-        super().__init__()
-        self.vocab_size = config.vocab_size
-        self.weight = Weight(
-            "weight",
-            DType.float32,
-            (panel_count(config.vocab_size), config.n_embd, PANEL),
-            device=config.devices[0],
-        )
-
-    def __call__(self, x: TensorValue) -> TensorValue:
-        return panel_matmul(x, self.weight.to(x.device), self.vocab_size)
-
-
 class GPT2(Module):
     """GPT2LMHeadModel: embeddings, `n_layer` blocks, final norm, LM head."""
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
-        if len(config.devices) != 1:
-            raise ValueError(f"GPT-2 runs on one device; got {len(config.devices)}")
         device = config.devices[0]
         self.config = config
         self.kv_params = config.kv_params
@@ -537,26 +226,11 @@ class GPT2(Module):
         self.ln_f = LayerNorm(
             config.n_embd, config.devices, config.dtype, eps=config.layer_norm_epsilon
         )
-        self.lm_head: LMHead | PanelHead | PanelGGMLLinear | Linear | QuantizedLinear
-        head_encoding = config.quantized_weights.get("lm_head.weight")
-        head_repacked = config.panel_ggml_weights.get("lm_head.weight")
-        if head_repacked is not None:
-            self.lm_head = PANEL_GGML_LAYERS[head_repacked](
-                config.n_embd, config.vocab_size, config, has_bias=False
-            )
-        elif config.panel_kernels and head_encoding is None:
-            self.lm_head = PanelHead(config)
-        elif config.lm_head_in_out:
-            self.lm_head = LMHead(config)
-        elif head_encoding is not None:
-            self.lm_head = QuantizedLinear(
-                config.n_embd, config.vocab_size, head_encoding, config, has_bias=False
-            )
-        else:
-            self.lm_head = Linear(
-                config.n_embd, config.vocab_size, config.dtype, device
-            )
-        if config.tie_word_embeddings and not config.lm_head_in_out:
+        self.lm_head = linear(
+            config, "lm_head", config.n_embd, config.vocab_size, has_bias=False
+        )
+        assert config.weights is not None
+        if config.weights.head_shares_wte:
             self.lm_head.set_shared_weight("weight", self.wte.weight)
 
     def __call__(

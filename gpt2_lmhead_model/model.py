@@ -31,7 +31,6 @@ from max.pipelines.lib.memory_estimation import MemoryPlan
 from typing_extensions import override
 
 from . import runtime_threads
-from .gguf_weights import panel_ggml_weights
 from .gpt2 import GPT2
 from .kernels import KERNELS_DIR
 from .model_config import CheckpointError, GPT2Config
@@ -206,27 +205,15 @@ class GPT2Model(
     @override
     def _create_model_config(self, state_dict: dict[str, Any]) -> GPT2Config:
         config = self.arch_config_as(GPT2Config)
-        config.return_logits = self.return_logits
-        # What the adapter produced decides the graph's weights: ggml-encoded
-        # tensors get quantized matmuls, and the head is tied exactly when
-        # no `lm_head.weight` of its own was produced (a GGUF file can carry
-        # one for a tied checkpoint, as llama.cpp writes it).
-        config.quantized_weights = {
-            name: data.quantization_encoding
-            for name, data in state_dict.items()
-            if getattr(data, "quantization_encoding", None) is not None
-        }
-        config.panel_ggml_weights = panel_ggml_weights(state_dict)
-        config.tie_word_embeddings = "lm_head.weight" not in state_dict
-        head = state_dict.get("lm_head.weight", state_dict.get("wte.weight"))
-        if getattr(head, "quantization_encoding", None) is not None:
-            config.lm_head_in_out = False  # ggml blocks run along n_embd
+        config.finalize(state_dict, self.return_logits)
         return config
 
     @override
     def graph_specs(self, model_config: GPT2Config) -> dict[str, GraphSpec]:
+        plan = model_config.weights
+        assert plan is not None
         gpt2 = GPT2(model_config)
-        gpt2.load_state_dict(self._state_dict, weight_alignment=1, strict=True)
+        gpt2.load_state_dict(plan.pack(self._state_dict), weight_alignment=1)
         self._state_dict = {}  # the graph's registry now holds the weights
         return {
             GraphRole.DECODER: GraphSpec(
@@ -234,9 +221,7 @@ class GPT2Model(
                 "gpt2",
                 self._bind_graph_inputs(gpt2.input_tree()),
                 weights=gpt2.state_dict(),
-                custom_extensions=[KERNELS_DIR]
-                if model_config.panel_kernels or model_config.panel_ggml_weights
-                else (),
+                custom_extensions=[KERNELS_DIR] if plan.needs_kernels else (),
             )
         }
 

@@ -7,12 +7,13 @@ cannot honour is refused at load time rather than silently approximated.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from max.dtype import DType
 from max.graph import DeviceRef
-from max.graph.quantization import QuantizationEncoding
 from max.nn.kv_cache import KVCacheParams
 from max.nn.transformer import ReturnLogits
 from max.pipelines.kv_cache import cache_dtype_for_encoding
@@ -30,19 +31,15 @@ from max.pipelines.modeling.config_enums import (
 from transformers import AutoConfig
 from typing_extensions import override
 
-# transformers' ACT2FN names that the graph implements exactly.
-SUPPORTED_ACTIVATIONS = (
-    "gelu",
-    "gelu_new",
-    "gelu_pytorch_tanh",
-    "gelu_fast",
-    "gelu_accurate",
-    "quick_gelu",
-    "relu",
-    "silu",
-    "swish",
-    "tanh",
-)
+from .formats import StoredTensor
+from .layers import ACTIVATIONS
+from .routing import WeightPlan, route_weights
+
+FUSED_QKV_SWITCH = "GPT2_MAX_FUSED_QKV"
+"""`0` runs `c_attn` as a plain linear and stores K and V after it (as the
+panel and ggml formats always do), instead of MAX's fused QKV-and-cache
+kernel: that kernel's biased variant is used by no built-in MAX
+architecture on GPU, so this is the fallback if it misbehaves there."""
 
 
 class CheckpointError(ValueError):
@@ -67,10 +64,10 @@ def validate_hf_config(hf_config: AutoConfig) -> None:
             f"config.json model_type is {model_type!r}, expected 'gpt2'"
         )
     act = hf_config.activation_function
-    if act not in SUPPORTED_ACTIVATIONS:
+    if act not in ACTIVATIONS:
         raise UnsupportedGPT2Config(
             f"config.json activation_function={act!r} is not supported; "
-            f"supported: {', '.join(SUPPORTED_ACTIVATIONS)}"
+            f"supported: {', '.join(ACTIVATIONS)}"
         )
     if hf_config.n_embd % hf_config.n_head:
         raise UnsupportedGPT2Config(
@@ -103,8 +100,8 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
     SUPPORTED_ENCODINGS: ClassVar[set[SupportedEncoding]] = {
         "float32",
         "bfloat16",
-        # GGUF files (llama.cpp's layout), on CPU: MAX's ggml kernels, and
-        # this package's for Q4_K, Q6_K and Q8_0 matrices (`gguf_weights.REPACKED`).
+        # GGUF files (llama.cpp's layout): float32 activations, each matrix
+        # run as `routing` decides from how the file stores it.
         "q4_k",
         "q4_0",
         "q6_k",
@@ -127,26 +124,11 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
     """Activations, the KV cache and every unquantized weight."""
     devices: list[DeviceRef]
     kv_params: KVCacheParams
-    quantized_weights: dict[str, QuantizationEncoding] = field(default_factory=dict)
-    """Graph weight name -> the ggml encoding it is stored in (GGUF only).
-    Per tensor, because llama.cpp's mixed files (Q4_K_M) mix encodings."""
-    panel_ggml_weights: dict[str, str] = field(default_factory=dict)
-    """Graph weight name -> the ggml encoding (`q8_0`, `q4_k`, `q6_k`, `f16`
-    or `bf16`) of a matrix repacked at load for this package's panel kernels
-    (CPU, see `gguf_weights.REPACKED` and `HALF_FLOATS`): the codes in
-    `<name>`, their scales beside it (`<name>_scale` for Q8_0;
-    `<name>_sub_scales`, `<name>_super_scales` for Q4_K; `<name>_high`,
-    `<name>_multipliers`, `<name>_scales` for Q6_K; none for the half
-    floats). llama.cpp falls back to Q8_0 for a matrix whose rows are
-    not whole K-quant blocks (GPT-2 XL's 1600-wide rows in a Q4_K file)."""
-    lm_head_in_out: bool = False
-    """Store the LM head `[n_embd, vocab]` and compute `x @ W`: on MAX's CPU
-    kernels that GEMV reads the 50257-wide head ~25% faster than the
-    `[vocab, n_embd]` layout a `Linear` uses (docs/BENCHMARKS.md)."""
-    panel_kernels: bool = False
-    """Run the float32 matmuls on CPU through this package's Mojo kernels
-    (`kernels/`), with weights packed in panels at load; see
-    `uses_panel_kernels`."""
+    fused_qkv: bool = True
+    """MAX's fused QKV-and-cache kernel for a `Dense` `c_attn` (see
+    `FUSED_QKV_SWITCH`)."""
+    weights: WeightPlan | None = None
+    """Each matrix's format, from `finalize`."""
     return_logits: ReturnLogits = ReturnLogits.LAST_TOKEN
 
     @property
@@ -177,7 +159,6 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
         allow_kv_head_replication: bool = False,
     ) -> KVCacheParams:
         """Multi-head attention: one KV head per query head."""
-        validate_hf_config(huggingface_config)
         return kv_cache_config.to_params(
             dtype=cache_dtype,
             allow_kv_head_replication=allow_kv_head_replication,
@@ -226,28 +207,52 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
                 f"no config.json could be read for {model_config.model_path!r}"
             )
         validate_hf_config(hf)
-        encoding = _select_quantization_encoding(model_config, cls.DEFAULT_ENCODING)
+        encoding = requested_encoding(model_config)
         devices = [
             DeviceRef(spec.device_type, spec.id) for spec in model_config.device_specs
         ]
+        dtype = activation_dtype(encoding)
+        kv_format = model_config.kv_cache.kv_cache_format
+        cache_dtype = cache_dtype_for_encoding(encoding, kv_format)
+        if cache_dtype != dtype:
+            raise UnsupportedGPT2Config(
+                f"--kv-cache-format {kv_format} gives a {cache_dtype} KV cache, but "
+                f"this graph computes in {dtype} and stores K and V as they come "
+                "out of c_attn; leave --kv-cache-format unset"
+            )
         kv_params = cls.construct_kv_params(
             huggingface_config=hf,
             pipeline_config=pipeline_config,
             devices=devices,
             kv_cache_config=model_config.kv_cache,
-            cache_dtype=cache_dtype_for_encoding(
-                encoding, model_config.kv_cache.kv_cache_format
-            ),
+            cache_dtype=cache_dtype,
         )
         return cls(
             **hyperparameters(hf),
             max_seq_len=max_seq_len,
-            dtype=activation_dtype(encoding),
+            dtype=dtype,
             devices=devices,
             kv_params=kv_params,
-            lm_head_in_out=lm_head_in_out(devices, encoding),
-            panel_kernels=uses_panel_kernels(devices, encoding),
+            fused_qkv=os.environ.get(FUSED_QKV_SWITCH, "1") != "0",
         )
+
+    def finalize(
+        self, stored: Mapping[str, StoredTensor], return_logits: ReturnLogits
+    ) -> None:
+        """What only the weights can tell: each matrix's format, and whether
+        the head is tied (no head of its own in the file)."""
+        if len(self.devices) != 1:
+            raise UnsupportedGPT2Config(
+                f"GPT-2 runs on one device; got {len(self.devices)}"
+            )
+        self.weights = route_weights(stored, self.n_layer, self.devices[0], self.dtype)
+        self.tie_word_embeddings = self.weights.tied
+        self.return_logits = return_logits
+
+
+def requested_encoding(model_config: MAXModelConfig) -> SupportedEncoding:
+    """`--quantization-encoding`, or what MAX infers from the weights."""
+    return _select_quantization_encoding(model_config, GPT2Config.DEFAULT_ENCODING)
 
 
 def activation_dtype(encoding: SupportedEncoding) -> DType:
@@ -260,27 +265,6 @@ def activation_dtype(encoding: SupportedEncoding) -> DType:
 def is_gguf_quantized(encoding: SupportedEncoding) -> bool:
     quantization = supported_encoding_quantization(encoding)
     return quantization is not None and quantization.is_gguf
-
-
-def lm_head_in_out(devices: list[DeviceRef], encoding: SupportedEncoding) -> bool:
-    """Whether the LM head is stored `[n_embd, vocab]`: float weights on CPUs.
-
-    GPUs keep MAX's standard `[vocab, n_embd]` layout (and a tied head then
-    shares the token embedding instead of holding a transposed copy); so do
-    ggml-quantized heads, whose blocks run along `n_embd`.
-    """
-    return all(device.is_cpu() for device in devices) and not is_gguf_quantized(
-        encoding
-    )
-
-
-def uses_panel_kernels(devices: list[DeviceRef], encoding: SupportedEncoding) -> bool:
-    """Whether float matmuls run on the `kernels/` panel kernels: float32
-    weights on CPUs. They stream the weights near memory bandwidth where
-    MAX 26.7's generic CPU matmul reaches about half of it on decode shapes;
-    GPUs and bfloat16 stay on MAX's kernels. ggml-encoded matrices are
-    routed per tensor instead (`panel_ggml_weights`, `quantized_weights`)."""
-    return all(device.is_cpu() for device in devices) and encoding == "float32"
 
 
 def hyperparameters(hf_config: AutoConfig) -> dict[str, Any]:

@@ -105,9 +105,39 @@ def stored_tensors(checkpoint: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     return tensors
 
 
-def weight_table(rows: Sequence[MappedTensor], dtypes: dict[str, str]) -> str:
+def runs_as(
+    rows: Sequence[MappedTensor], dtypes: dict[str, str], n_layer: int, devices: str
+) -> dict[str, str]:
+    """Graph matrix weight -> the format `routing` gives it in a float32 run
+    on `devices` (what `GPT2Config.finalize` decides once loaded)."""
+    from max.dtype import DType
+    from max.graph import DeviceRef
+
+    from gpt2_lmhead_model.routing import HEAD, choose_format, matrix_names
+
+    cpu = devices.split(",")[0].strip().startswith("cpu")
+    device = DeviceRef.CPU() if cpu else DeviceRef.GPU()
+    widths = {"F32": DType.float32, "F16": DType.float16, "BF16": DType.bfloat16}
+    matrices = set(matrix_names(n_layer))
+    out = {}
+    for row in rows:
+        matrix = (row.target or "").removesuffix(".weight")
+        if row.problem or matrix not in matrices:
+            continue
+        stored = widths.get(dtypes.get(row.source, ""), DType.float32)
+        fmt = choose_format(stored, None, device, DType.float32, matrix == HEAD)
+        out[matrix + ".weight"] = fmt.label
+    return out
+
+
+def weight_table(
+    rows: Sequence[MappedTensor],
+    dtypes: dict[str, str],
+    formats: dict[str, str] | None = None,
+) -> str:
     header = ("checkpoint tensor", "shape", "dtype", "in MAX", "MAX shape", "how")
-    lines = [header]
+    formats = formats or {}
+    lines = [(*header, "runs as")]
     for row in rows:
         lines.append(
             (
@@ -119,9 +149,10 @@ def weight_table(rows: Sequence[MappedTensor], dtypes: dict[str, str]) -> str:
                 row.action.upper()
                 if row.problem
                 else row.action + (f" ({row.note})" if row.note else ""),
+                formats.get(row.target or "", ""),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) + 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in lines
@@ -202,10 +233,11 @@ def verify(
         say(f"FAIL: {e}")
         return Verdict(UNREADABLE, [])
 
-    head_in_out = all(d.strip().startswith("cpu") for d in devices.split(","))
-    rows = map_weights({k: v[0] for k, v in tensors.items()}, hf_config, head_in_out)
+    rows = map_weights({k: v[0] for k, v in tensors.items()}, hf_config)
     stage("weight mapping (checkpoint -> MAX graph)")
-    say(weight_table(rows, {k: v[1] for k, v in tensors.items()}))
+    dtypes = {k: v[1] for k, v in tensors.items()}
+    formats = runs_as(rows, dtypes, int(hf_config.n_layer), devices)
+    say(weight_table(rows, dtypes, formats))
     problems = [r for r in rows if r.problem]
     if problems:
         say(f"FAIL: {len(problems)} tensor(s) do not match config.json:")

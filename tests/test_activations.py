@@ -10,7 +10,7 @@ from max.engine import InferenceSession
 from max.graph import DeviceRef, Graph, TensorType
 from transformers.activations import ACT2FN
 
-from gpt2_lmhead_model.gpt2 import ACTIVATIONS
+from gpt2_lmhead_model.layers import ACTIVATIONS
 
 
 def test_activations_match_transformers():

@@ -12,19 +12,20 @@ import gguf
 import numpy as np
 import pytest
 from max.dtype import DType
+from max.graph import DeviceRef
 from max.graph.quantization import QuantizationEncoding
 from transformers import AutoConfig
 
+from gpt2_lmhead_model.formats import Dense, FloatPanels, Q4KPanels, Q6KPanels, Q8Panels
 from gpt2_lmhead_model.gguf_weights import (
-    ROW_TILE,
     adapt_tensors,
     check_metadata,
     gguf_name,
     gpt2_name,
     metadata_of,
-    panel_ggml_weights,
     plan,
 )
+from gpt2_lmhead_model.routing import route_weights
 from gpt2_lmhead_model.weight_adapters import CheckpointMismatch
 from gpt2_max.checkpoints import DISTILGPT2_CONFIG, write_checkpoint
 from gpt2_max.gguf_export import write_gguf
@@ -51,8 +52,19 @@ def files(tmp_path_factory):
     return checkpoint, paths
 
 
+CPU, GPU = DeviceRef.CPU(), DeviceRef.GPU()
+
+
 def _tensors(path) -> dict[str, gguf.ReaderTensor]:
     return {t.name: t for t in gguf.GGUFReader(path).tensors}
+
+
+def load(tensors, hf_config, device=CPU, dtype=DType.float32):
+    """What loading makes of a file's tensors: the routing plan, and the
+    graph's weights packed as it says."""
+    stored = adapt_tensors(tensors, hf_config)
+    routed = route_weights(stored, hf_config.n_layer, device, dtype)
+    return routed, routed.pack(stored)
 
 
 def test_names_round_trip():
@@ -63,53 +75,51 @@ def test_names_round_trip():
     assert gpt2_name("blk.0.attn_q.weight") is None  # llama's, not GPT-2's
 
 
-def test_mixed_file_keeps_matmuls_packed_per_tensor(files):
+def test_mixed_file_is_handed_on_as_stored_per_tensor(files):
     checkpoint, paths = files
     hf_config = AutoConfig.from_pretrained(checkpoint)
     tensors = _tensors(paths["q4_k_m"])
-    out = adapt_tensors(tensors, hf_config, DType.float32, head_in_out=False)
+    stored = adapt_tensors(tensors, hf_config)
 
     for layer in range(CONFIG["n_layer"]):
         for matmul in MATMULS:
-            weight = out[f"h.{layer}.{matmul}.weight"]
-            stored = tensors[gguf_name(f"h.{layer}.{matmul}.weight")].tensor_type
-            assert weight.dtype == DType.uint8
-            assert weight.quantization_encoding == QuantizationEncoding(stored.name)
-            assert out[f"h.{layer}.{matmul}.bias"].dtype == DType.float32
-        assert out[f"h.{layer}.ln_1.weight"].dtype == DType.float32
-    encodings = {w.quantization_encoding for w in out.values()}
-    assert {QuantizationEncoding.Q4_K, QuantizationEncoding.Q6_K} <= encodings
+            name = f"h.{layer}.{matmul}.weight"
+            assert stored[name].ggml_type == tensors[gguf_name(name)].tensor_type
+            assert stored[f"h.{layer}.{matmul}.bias"].dtype == DType.float32
+        assert stored[f"h.{layer}.ln_1.weight"].dtype == DType.float32
+    types = {t.ggml_type for t in stored.values()}
+    assert {gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K} <= types
 
-    # The head (Q6_K in Q4_K_M) is padded to the kernels' row tile with
-    # all-zero blocks, which decode to zero logits that the graph drops.
-    head = out["lm_head.weight"]
-    assert head.quantization_encoding == QuantizationEncoding.Q6_K
-    rows = int(head.shape[0])
-    assert rows % ROW_TILE == 0
-    assert CONFIG["vocab_size"] <= rows < CONFIG["vocab_size"] + ROW_TILE
-    padding = np.from_dlpack(head.data)[CONFIG["vocab_size"] :]
-    assert not padding.any()
-    decoded = gguf.quants.dequantize(padding, gguf.GGMLQuantizationType.Q6_K)
-    assert not decoded.any()
+    # On a GPU, where MAX's ggml kernels do not run, every matrix is
+    # dequantized at load to exactly the stored values.
+    _, out = load(tensors, hf_config, GPU, DType.float32)
+    assert all(w.quantization_encoding is None for w in out.values())
+    for name in ("h.1.mlp.c_fc.weight", "lm_head.weight"):
+        raw = tensors[gguf_name(name)]
+        expected = gguf.quants.dequantize(raw.data, raw.tensor_type)
+        assert np.array_equal(np.from_dlpack(out[name].data), expected)
 
     # wte is gathered, one row per token: always float, values as stored.
+    _, out = load(tensors, hf_config)
     wte = out["wte.weight"]
     assert wte.dtype == DType.float32 and wte.quantization_encoding is None
     assert tuple(wte.shape) == (CONFIG["vocab_size"], CONFIG["n_embd"])
-    stored = tensors["token_embd.weight"]
-    expected = gguf.quants.dequantize(stored.data, stored.tensor_type)
+    raw = tensors["token_embd.weight"]
+    expected = gguf.quants.dequantize(raw.data, raw.tensor_type)
     assert np.array_equal(np.from_dlpack(wte.data), expected)
 
 
-def test_float_file_on_cpu_stores_head_in_out(files):
+def test_float_file_on_cpu_in_bfloat16_stores_head_in_out(files):
     checkpoint, paths = files
     hf_config = AutoConfig.from_pretrained(checkpoint)
-    out = adapt_tensors(
-        _tensors(paths["f32"]), hf_config, DType.float32, head_in_out=True
-    )
+    routed, out = load(_tensors(paths["f32"]), hf_config, CPU, DType.bfloat16)
+    assert routed["lm_head"] == Dense(DType.bfloat16, in_out=True)
     assert all(w.quantization_encoding is None for w in out.values())
-    wte = np.from_dlpack(out["wte.weight"].data)
-    assert np.array_equal(np.from_dlpack(out["lm_head.weight"].data), wte.T)
+
+    def words(data):
+        return data.to_buffer().view(DType.uint16).to_numpy()
+
+    assert np.array_equal(words(out["lm_head.weight"]), words(out["wte.weight"]).T)
 
 
 def test_metadata_contradicting_config_is_refused(files):
@@ -170,15 +180,13 @@ def test_pipeline_refuses_contradicting_file_before_compiling(files, tmp_path):
 
 def test_any_packed_matrix_is_padded_to_the_row_tile(tmp_path):
     """`n_inner` 528 (16.5 tiles): `c_fc` [528, 256] is packed Q4_0 and
-    padded; `c_proj` [256, 528] has no whole Q4_0 blocks per row, so the
-    converter wrote Q8_0 and the loader dequantizes it."""
+    padded; `c_proj` [256, 528] has no whole Q4_0 (nor Q8_0) blocks per
+    row, so the converter wrote F32, which runs on the float32 panels."""
     config = {**CONFIG, "n_inner": 528}
     checkpoint = write_checkpoint(tmp_path / "ckpt", config, seed=4)
     path = write_gguf(checkpoint, tmp_path / "q4_0.gguf", "q4_0")
     tensors = _tensors(path)
-    out = adapt_tensors(
-        tensors, AutoConfig.from_pretrained(checkpoint), DType.float32, False
-    )
+    routed, out = load(tensors, AutoConfig.from_pretrained(checkpoint))
     c_fc = out["h.0.mlp.c_fc.weight"]
     assert c_fc.quantization_encoding == QuantizationEncoding.Q4_0
     assert int(c_fc.shape[0]) == 544
@@ -186,7 +194,9 @@ def test_any_packed_matrix_is_padded_to_the_row_tile(tmp_path):
     packed = np.from_dlpack(c_fc.data)
     assert np.array_equal(packed[:528], stored.reshape(528, -1))
     assert not packed[528:].any()
-    assert out["h.0.mlp.c_proj.weight"].dtype == DType.float32
+    f32 = gguf.GGMLQuantizationType.F32
+    assert tensors["blk.0.ffn_down.weight"].tensor_type == f32
+    assert routed["h.0.mlp.c_proj"] == FloatPanels(DType.float32)
 
 
 def test_q8_0_matrices_are_repacked_for_the_q8_kernel_on_cpu(tmp_path):
@@ -201,7 +211,7 @@ def test_q8_0_matrices_are_repacked_for_the_q8_kernel_on_cpu(tmp_path):
     checkpoint = write_checkpoint(tmp_path / "ckpt", config, seed=4)
     tensors = _tensors(write_gguf(checkpoint, tmp_path / "q4_k.gguf", "q4_k"))
     hf_config = AutoConfig.from_pretrained(checkpoint)
-    out = adapt_tensors(tensors, hf_config, DType.float32, True, repack=True)
+    routed, out = load(tensors, hf_config)
     stored = tensors["blk.1.ffn_up.weight"]
     assert stored.tensor_type == gguf.GGMLQuantizationType.Q8_0
     q = np.from_dlpack(out["h.1.mlp.c_fc.weight"].data)
@@ -216,11 +226,11 @@ def test_q8_0_matrices_are_repacked_for_the_q8_kernel_on_cpu(tmp_path):
     assert np.array_equal(np.from_dlpack(out["lm_head.weight"].data), head_q)
     assert out["wte.weight"].dtype == DType.float32  # gathered, dequantized
     # Elsewhere (a GPU) the same file's Q8_0 is dequantized at load.
-    off = adapt_tensors(tensors, hf_config, DType.float32, False)
+    off_routed, off = load(tensors, hf_config, GPU)
     assert off["h.1.mlp.c_fc.weight"].dtype == DType.float32
     assert not any(name.endswith("_scale") for name in off)
-    assert panel_ggml_weights(out)["h.1.mlp.c_fc.weight"] == "q8_0"
-    assert panel_ggml_weights(off) == {}
+    assert routed["h.1.mlp.c_fc"] == Q8Panels() == routed["lm_head"]
+    assert off_routed["h.1.mlp.c_fc"] == Dense(DType.float32)
 
 
 def test_k_quant_matrices_are_repacked_for_their_kernels_on_cpu(files):
@@ -236,12 +246,12 @@ def test_k_quant_matrices_are_repacked_for_their_kernels_on_cpu(files):
 
     packers = {
         gguf.GGMLQuantizationType.Q4_K: (
-            "q4_k",
+            Q4KPanels(),
             pack_q4k_panels,
             ("", "_sub_scales", "_super_scales"),
         ),
         gguf.GGMLQuantizationType.Q6_K: (
-            "q6_k",
+            Q6KPanels(),
             pack_q6k_panels,
             ("", "_high", "_multipliers", "_scales"),
         ),
@@ -249,19 +259,18 @@ def test_k_quant_matrices_are_repacked_for_their_kernels_on_cpu(files):
     checkpoint, paths = files
     hf_config = AutoConfig.from_pretrained(checkpoint)
     tensors = _tensors(paths["q4_k_m"])
-    out = adapt_tensors(tensors, hf_config, DType.float32, True, repack=True)
-    repacked = panel_ggml_weights(out)
+    routed, out = load(tensors, hf_config)
     names = [f"h.{i}.{m}.weight" for i in range(CONFIG["n_layer"]) for m in MATMULS]
     for name in [*names, "lm_head.weight"]:
         stored = tensors[gguf_name(name)]
-        encoding, pack, suffixes = packers[stored.tensor_type]
-        assert repacked[name] == encoding
+        fmt, pack, suffixes = packers[stored.tensor_type]
+        assert routed[name.removesuffix(".weight")] == fmt
         expected = pack(np.asarray(stored.data).reshape(stored.data.shape[0], -1))
         for suffix, want in zip(suffixes, expected, strict=True):
             assert np.array_equal(np.from_dlpack(out[name + suffix].data), want)
         assert expected[0].shape[2] == PANEL
-    assert {"q4_k", "q6_k"} <= set(repacked.values())
-    assert repacked["lm_head.weight"] == "q6_k"  # Q6_K in Q4_K_M
+    assert {Q4KPanels(), Q6KPanels()} <= set(routed.formats.values())
+    assert routed["lm_head"] == Q6KPanels()  # Q6_K in Q4_K_M
 
 
 @pytest.mark.parametrize("encoding", ["f16", "bf16"])
@@ -269,22 +278,22 @@ def test_half_float_matrices_stay_half_width_in_panels_on_cpu(tmp_path, encoding
     """F16/BF16 matrices (and the tied head) become half-width panels
     holding exactly the stored values, in the file's own dtype; elsewhere
     (a GPU) they are widened to float32 at load."""
+    from gpt2_lmhead_model.formats import raw_array
     from gpt2_lmhead_model.kernels.panels import PANEL, pack_panels
-    from gpt2_lmhead_model.weight_adapters import raw_array
 
     dtype = {"f16": DType.float16, "bf16": DType.bfloat16}[encoding]
     checkpoint = write_checkpoint(tmp_path / "ckpt", CONFIG, seed=7)
     tensors = _tensors(write_gguf(checkpoint, tmp_path / "half.gguf", encoding))
     hf_config = AutoConfig.from_pretrained(checkpoint)
-    out = adapt_tensors(tensors, hf_config, DType.float32, True, repack=True)
-    repacked = panel_ggml_weights(out)
+    routed, out = load(tensors, hf_config)
     for name, stored_name in [
         *((f"h.1.{m}.weight", gguf_name(f"h.1.{m}.weight")) for m in MATMULS),
         ("lm_head.weight", "token_embd.weight"),  # tied: the head is wte's
     ]:
         stored = tensors[stored_name]
         assert stored.tensor_type.name == encoding.upper()
-        assert repacked[name] == encoding and out[name].dtype == dtype
+        assert routed[name.removesuffix(".weight")] == FloatPanels(dtype)
+        assert out[name].dtype == dtype
         words = (
             np.asarray(stored.data)
             .view(np.uint16)
@@ -294,9 +303,9 @@ def test_half_float_matrices_stay_half_width_in_panels_on_cpu(tmp_path, encoding
         assert packed.shape[2] == PANEL
         assert np.array_equal(packed, pack_panels(words.T))
     assert out["wte.weight"].dtype == DType.float32  # gathered, widened
-    off = adapt_tensors(tensors, hf_config, DType.float32, False)
+    off_routed, off = load(tensors, hf_config, GPU)
     assert off["h.1.mlp.c_fc.weight"].dtype == DType.float32
-    assert panel_ggml_weights(off) == {}
+    assert set(off_routed.formats.values()) == {Dense(DType.float32)}
 
 
 def test_a_bf16_file_name_is_linked_under_one_max_does_not_misread(tmp_path):

@@ -61,11 +61,19 @@ def test_unsupported_values_are_refused_by_name(overrides, message):
         validate_hf_config(cfg)
 
 
-def test_every_supported_activation_has_a_graph_formula():
-    from gpt2_lmhead_model.gpt2 import ACTIVATIONS
-    from gpt2_lmhead_model.model_config import SUPPORTED_ACTIVATIONS
+def test_the_graph_formulas_are_the_supported_activations():
+    """One list: a config is accepted exactly when its activation has a
+    graph formula, and each is one of transformers' names."""
+    from transformers.activations import ACT2FN
 
-    assert set(ACTIVATIONS) == set(SUPPORTED_ACTIVATIONS)
+    from gpt2_lmhead_model.layers import ACTIVATIONS
+
+    for name in ACTIVATIONS:
+        assert name in ACT2FN
+        validate_hf_config(hf(activation_function=name))
+    for name in set(ACT2FN) - set(ACTIVATIONS):
+        with pytest.raises(UnsupportedGPT2Config, match="activation_function"):
+            validate_hf_config(hf(activation_function=name))
 
 
 class _ModelConfig:

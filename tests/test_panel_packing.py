@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from max.graph.weights import WeightData
+from max.dtype import DType
 
+from gpt2_lmhead_model.formats import FloatPanels, StoredTensor
 from gpt2_lmhead_model.kernels.panels import PANEL, pack_panels
-from gpt2_lmhead_model.weight_adapters import pack_panel_weights
+from gpt2_lmhead_model.routing import WeightPlan
 
 
 def unpack(packed: np.ndarray, n: int) -> np.ndarray:
@@ -28,23 +29,33 @@ def test_pack_panels_layout(k, n):
     assert packed[p, k - 1, j] == w[k - 1, n - 1]
 
 
-def test_adapter_packs_blocks_and_head_only():
+def test_float32_on_cpu_packs_matrices_and_head_only():
     rng = np.random.default_rng(0)
     block = rng.standard_normal((40, 9), dtype=np.float32)  # Linear [out, in]
-    head = rng.standard_normal((9, 70), dtype=np.float32)  # [in, out]
+    head = rng.standard_normal((70, 9), dtype=np.float32)  # [vocab, n_embd]
     bias = rng.standard_normal(40, dtype=np.float32)
     wte = rng.standard_normal((70, 9), dtype=np.float32)
-    weights = {
-        "h.0.mlp.c_fc.weight": WeightData.from_numpy(block, "h.0.mlp.c_fc.weight"),
-        "h.0.mlp.c_fc.bias": WeightData.from_numpy(bias, "h.0.mlp.c_fc.bias"),
-        "lm_head.weight": WeightData.from_numpy(head, "lm_head.weight"),
-        "wte.weight": WeightData.from_numpy(wte, "wte.weight"),
+    stored = {
+        name: StoredTensor(name, array, DType.float32, array.shape)
+        for name, array in (
+            ("h.0.mlp.c_fc.weight", block),
+            ("h.0.mlp.c_fc.bias", bias),
+            ("lm_head.weight", head),
+            ("wte.weight", wte),
+        )
     }
-    out = pack_panel_weights(weights)
+    plan = WeightPlan(
+        {"h.0.mlp.c_fc": FloatPanels(), "lm_head": FloatPanels()},
+        DType.float32,
+        tied=False,
+    )
+    out = plan.pack(stored)
     fc = np.from_dlpack(out["h.0.mlp.c_fc.weight"].data)
     np.testing.assert_array_equal(unpack(fc, 40), block.T)
     np.testing.assert_array_equal(
-        unpack(np.from_dlpack(out["lm_head.weight"].data), 70), head
+        unpack(np.from_dlpack(out["lm_head.weight"].data), 70), head.T
     )
     for name in ("h.0.mlp.c_fc.bias", "wte.weight"):
-        assert out[name] is weights[name]
+        np.testing.assert_array_equal(
+            np.from_dlpack(out[name].data), stored[name].array
+        )

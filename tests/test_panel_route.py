@@ -1,26 +1,72 @@
-"""Which runs take the panel kernels: float32 on CPU, nothing else."""
+"""Which format runs a matrix: decided in `routing` alone, from the device,
+the graph's dtype and how the file stores the matrix."""
 
 from __future__ import annotations
 
+import gguf
+import numpy as np
 import pytest
+from max.dtype import DType
 from max.graph import DeviceRef
+from max.graph.quantization import QuantizationEncoding
 
-from gpt2_lmhead_model.model_config import uses_panel_kernels
+from gpt2_lmhead_model.formats import (
+    Dense,
+    FloatPanels,
+    MaxGGML,
+    Q4KPanels,
+    Q6KPanels,
+    Q8Panels,
+    StoredTensor,
+)
+from gpt2_lmhead_model.routing import HEAD, choose_format, matrix_names, route_weights
 
-CPU = [DeviceRef.CPU()]
-GPU = [DeviceRef.GPU()]
+CPU, GPU = DeviceRef.CPU(), DeviceRef.GPU()
+Q = gguf.GGMLQuantizationType
+F32, BF16, F16 = DType.float32, DType.bfloat16, DType.float16
 
 
 @pytest.mark.parametrize(
-    ("devices", "encoding", "expected"),
+    ("stored", "ggml", "device", "dtype", "head", "expected"),
     [
-        (CPU, "float32", True),
-        (CPU, "bfloat16", False),
-        (CPU, "q4_k", False),
-        (CPU, "q6_k", False),
-        (GPU, "float32", False),
-        (GPU, "bfloat16", False),
+        # float files
+        (F32, None, CPU, F32, False, FloatPanels(F32)),
+        (F32, None, CPU, F32, True, FloatPanels(F32)),
+        (F16, None, CPU, F32, False, FloatPanels(F16)),
+        (BF16, None, CPU, F32, True, FloatPanels(BF16)),
+        (F32, None, CPU, BF16, False, Dense(BF16)),
+        (F32, None, CPU, BF16, True, Dense(BF16, in_out=True)),
+        (F32, None, GPU, F32, False, Dense(F32)),
+        (F32, None, GPU, BF16, True, Dense(BF16)),
+        # ggml blocks on CPU: this package's kernels, MAX's for Q4_0, the
+        # rest dequantized onto the float32 panels
+        (DType.uint8, Q.Q8_0, CPU, F32, False, Q8Panels()),
+        (DType.uint8, Q.Q4_K, CPU, F32, False, Q4KPanels()),
+        (DType.uint8, Q.Q6_K, CPU, F32, True, Q6KPanels()),
+        (DType.uint8, Q.Q4_0, CPU, F32, False, MaxGGML(QuantizationEncoding.Q4_0)),
+        (DType.uint8, Q.Q5_K, CPU, F32, False, FloatPanels(F32)),
+        # off the CPU, where MAX's ggml kernels do not run: dequantized
+        (DType.uint8, Q.Q4_K, GPU, BF16, False, Dense(BF16)),
+        (DType.uint8, Q.Q8_0, GPU, F32, True, Dense(F32)),
     ],
 )
-def test_panel_kernels_only_for_cpu_float32(devices, encoding, expected):
-    assert uses_panel_kernels(devices, encoding) is expected
+def test_choose_format(stored, ggml, device, dtype, head, expected):
+    assert choose_format(stored, ggml, device, dtype, head) == expected
+
+
+def _stored(name, shape, ggml=None):
+    return StoredTensor(name, np.zeros(shape, np.float32), F32, shape, ggml)
+
+
+def test_plan_has_one_format_per_matrix_and_ties_the_head_to_wte():
+    stored = {f"{m}.weight": _stored(f"{m}.weight", (8, 8)) for m in matrix_names(2)}
+    stored.pop(f"{HEAD}.weight")
+    stored["wte.weight"] = _stored("wte.weight", (8, 8), Q.Q4_K)
+    plan = route_weights(stored, 2, CPU, F32)
+    assert set(plan.formats) == set(matrix_names(2))
+    assert plan.tied and plan[HEAD] == Q4KPanels()  # routed as wte is stored
+    assert not plan.head_shares_wte  # a packed copy
+    gpu = route_weights(stored, 2, GPU, BF16)
+    assert gpu.tied and gpu.head_shares_wte and gpu[HEAD] == Dense(BF16)
+    stored[f"{HEAD}.weight"] = _stored(f"{HEAD}.weight", (8, 8))
+    assert not route_weights(stored, 2, GPU, BF16).tied

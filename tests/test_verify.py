@@ -19,19 +19,16 @@ import subprocess
 
 import numpy as np
 import pytest
+from max.dtype import DType
 from max.graph import ops
-from max.graph.weights import WeightData, WeightsFormat
+from max.graph.weights import WeightsFormat
 from safetensors.torch import load_file, save_file
 
 from gpt2_lmhead_model import gpt2 as gpt2_module
 from gpt2_lmhead_model import gpt2_arch
+from gpt2_lmhead_model.formats import StoredTensor
 from gpt2_lmhead_model.gpt2 import GPT2, GPT2MLP
-from gpt2_lmhead_model.weight_adapters import (
-    adapt_weights,
-    pack_panel_weights,
-    panel_target,
-    pipeline_target,
-)
+from gpt2_lmhead_model.weight_adapters import adapt_weights
 from gpt2_max.verify import FAIL, PASS, UNREADABLE, verify
 
 pytestmark = pytest.mark.slow
@@ -155,27 +152,21 @@ def test_missing_position_embeddings_fail(checkpoints, monkeypatch):
 
 
 def with_weights_edited(edit):
-    """The architecture with `edit` applied to the graph's float32 weights
-    (before any packing for the kernels): a mistake made in how a weight is
-    used, injected in the weight itself so the compiled graph is reused."""
+    """The architecture with `edit` applied to the adapter's float32 weights
+    (matrices `[out, in]`, before the routed formats pack them): a mistake
+    made in how a weight is used, injected in the weight itself so the
+    compiled graph is reused."""
 
     def adapter(state_dict, huggingface_config, pipeline_config, **kwargs):
-        _, dtype, head_in_out = pipeline_target(pipeline_config)
-        weights = adapt_weights(
-            {name: w.data() for name, w in state_dict.items()},
-            huggingface_config,
-            dtype,
-            head_in_out,
+        stored = adapt_weights(
+            {name: w.data() for name, w in state_dict.items()}, huggingface_config
         )
-        arrays = {name: np.from_dlpack(w.data).copy() for name, w in weights.items()}
+        arrays = {name: t.float32().copy() for name, t in stored.items()}
         edit(arrays)
-        weights = {
-            name: WeightData.from_numpy(np.ascontiguousarray(a), name)
+        return {
+            name: StoredTensor(name, np.ascontiguousarray(a), DType.float32, a.shape)
             for name, a in arrays.items()
         }
-        if panel_target(pipeline_config):
-            return pack_panel_weights(weights)
-        return weights
 
     return dataclasses.replace(
         gpt2_arch, weight_adapters={WeightsFormat.safetensors: adapter}

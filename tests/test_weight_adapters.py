@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from max.dtype import DType
+from max.graph import DeviceRef
 from max.graph.weights import WeightData
 from transformers import GPT2Config
 
+from gpt2_lmhead_model.routing import route_weights
 from gpt2_lmhead_model.weight_adapters import (
     CheckpointMismatch,
     adapt_weights,
@@ -15,6 +17,7 @@ from gpt2_lmhead_model.weight_adapters import (
     plan_weights,
 )
 
+GPU = DeviceRef.GPU()
 SMALL = dict(
     vocab_size=11,
     n_positions=7,
@@ -77,8 +80,16 @@ def as_weights(state: dict[str, np.ndarray]) -> dict[str, WeightData]:
     return {k: WeightData.from_numpy(v, k) for k, v in state.items()}
 
 
-def adapt(config: GPT2Config, state: dict[str, np.ndarray], dtype=DType.float32):
-    return adapt_weights(as_weights(state), config, dtype)
+def adapt(
+    config: GPT2Config,
+    state: dict[str, np.ndarray],
+    dtype=DType.float32,
+    device=GPU,
+):
+    """The graph's weights as loading makes them: adapted, then packed as
+    routed (on a GPU every matrix is a plain `[out, in]` one)."""
+    stored = adapt_weights(as_weights(state), config)
+    return route_weights(stored, config.n_layer, device, dtype).pack(stored)
 
 
 def shapes_of(state):
@@ -201,20 +212,20 @@ def test_cast_to_bfloat16_keeps_values(tied):
 
 
 def test_cpu_head_layout_is_the_transposed_head(tied, untied):
-    # Tied: a [n_embd, vocab] copy of wte; untied: the head, transposed.
+    # On CPU in bfloat16 the head is held [n_embd, vocab] (`Dense.in_out`).
+    # Tied: a transposed copy of wte; untied: the head, transposed.
+    def words(data):
+        return data.to_buffer().view(DType.uint16).to_numpy()
+
     state = hf_state(tied)
-    out = adapt_weights(as_weights(state), tied, DType.float32, lm_head_in_out=True)
+    out = adapt(tied, state, DType.bfloat16, DeviceRef.CPU())
     np.testing.assert_array_equal(
-        np.from_dlpack(out["lm_head.weight"].data), state["wte.weight"].T
+        words(out["lm_head.weight"]), words(out["wte.weight"]).T
     )
-    np.testing.assert_array_equal(
-        np.from_dlpack(out["wte.weight"].data), state["wte.weight"]
-    )
-    assert out.keys() == graph_weight_shapes(tied, lm_head_in_out=True).keys()
+    assert out.keys() == graph_weight_shapes(tied).keys() | {"lm_head.weight"}
 
     state = hf_state(untied, lm_head=True)
-    out = adapt_weights(as_weights(state), untied, DType.float32, lm_head_in_out=True)
-    np.testing.assert_array_equal(
-        np.from_dlpack(out["lm_head.weight"].data), state["lm_head.weight"].T
-    )
+    out = adapt(untied, state, DType.bfloat16, DeviceRef.CPU())
+    head = adapt(untied, state, DType.bfloat16)["lm_head.weight"]  # [out, in]
+    np.testing.assert_array_equal(words(out["lm_head.weight"]), words(head).T)
     assert tuple(out["lm_head.weight"].shape) == (6, 11)
