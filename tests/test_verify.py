@@ -50,12 +50,14 @@ def test_fixture_distilgpt2_passes(checkpoints, tmp_path):
     assert result.returncode == PASS, result.stdout[-3000:] + result.stderr[-2000:]
     out = result.stdout
     # The mapping table names every tensor and what became of it.
-    row = r"h\.0\.attn\.c_attn\.weight\s+\[768, 2304\]\s+F32\s+h\.0\.attn\.c_attn\.weight\s+\[2304, 768\]\s+transposed"
+    row = r"h\.0\.attn\.c_attn\.weight\s+\[768, 2304\]\s+F32\s+h\.0\.attn\.c_attn\.weight\s+\[2304, 768\]\s+transposed\s+float32 panels \(panel_linear\)"
     assert re.search(row, out), out[:3000]
     assert re.search(
         r"h\.3\.attn\.bias\s+\[1, 1, 1024, 1024\].*dropped \(causal-mask buffer\)", out
     )
-    assert re.search(r"wte\.weight.*lm_head\.weight\s+\[768, 50257\]\s+tied", out)
+    # ... and, from the routing plan, the format each matrix runs as.
+    head = r"wte\.weight.*lm_head\.weight\s+\[50257, 768\]\s+tied.*float32 panels"
+    assert re.search(head, out), out[:3000]
     assert "greedy tokens identical for 33 steps" in out
     assert out.rstrip().splitlines()[-1].startswith("PASS")
     verdict = json.loads(report.read_text())

@@ -29,7 +29,7 @@ class Dense(WeightFormat):
 
     def __post_init__(self) -> None:
         layout = ", [in, out]" if self.in_out else ""
-        object.__setattr__(self, "label", f"{self.dtype} (MAX matmul{layout})")
+        object.__setattr__(self, "label", f"{self.dtype.name} (MAX matmul{layout})")
 
     def pack(self, stored: StoredTensor) -> dict[str, WeightData]:
         source = stored

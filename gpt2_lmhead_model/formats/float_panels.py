@@ -33,7 +33,7 @@ class FloatPanels(WeightFormat):
     fuses_activations = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "label", f"{self.dtype} panels (panel_linear)")
+        object.__setattr__(self, "label", f"{self.dtype.name} panels (panel_linear)")
 
     def pack(self, stored: StoredTensor) -> dict[str, WeightData]:
         if stored.ggml_type is None and stored.dtype == self.dtype:
