@@ -25,13 +25,22 @@ from gpt2_max.gguf_export import write_gguf
 from gpt2_max.gguf_unpack import main_encoding, weights_link
 from gpt2_max.server import MaxServe, ServerProcess
 
-from . import ceilings, engine, peer_llama_cpp, peer_venv, peer_vllm, peers, report
+from . import (
+    ceilings,
+    engine,
+    peer_llama_cpp,
+    peer_venv,
+    peer_vllm,
+    peers,
+    q8_0_turns,
+    report,
+)
 from .load import LevelResult, run_level
 from .peer_venv import PeerUnavailable
 from .peer_vllm import VllmServe
 
 PEERS = ("llama.cpp", "vllm")
-DEFAULT_ENCODINGS = "q4_0,q4_k,q6_k,f16,bf16"
+DEFAULT_ENCODINGS = "q8_0,q4_0,q4_k,q6_k,f16,bf16"
 F32_SERVE_ARGS = ["--devices", "cpu", "--quantization-encoding", "float32"]
 """`max serve` flags of every float32 measurement, ours and MAX Llama's."""
 
@@ -230,6 +239,16 @@ def measure_llama_cpp(
         return {label: {"skipped": str(e)} for label in files}
     print(f"[llama.cpp] {', '.join(files)}", flush=True)
     return peer_llama_cpp.measure(python, files, threads=threads)
+
+
+def llama_cpp_python(peers: list[str], peers_dir: Path) -> tuple[Path | None, str]:
+    """The llama.cpp peer's python, or None and why it is not measured."""
+    if "llama.cpp" not in peers:
+        return None, "llama.cpp is not among the peers requested"
+    try:
+        return peer_llama_cpp.install(peers_dir), ""
+    except PeerUnavailable as e:
+        return None, str(e)
 
 
 def measure_gguf(
@@ -589,6 +608,21 @@ def main() -> None:
             tokenizer=tokenizer,
             max_tokens=max_tokens,
             out=out,
+        )
+    if q8_0_turns.ENCODING in encodings:
+        path = write_gguf_once(gpt2, out, q8_0_turns.ENCODING)
+        python, why_not = llama_cpp_python(peers_requested, opts.peers_dir)
+        results[q8_0_turns.RESULTS_KEY] = q8_0_turns.served_one_stream_in_turns(
+            gpt2,
+            path,
+            *gguf_serving(path),
+            python,
+            why_not=why_not,
+            threads=threads,
+            rounds=5,
+            prompt=prompts(tokenizer, 1, 32)[0],
+            max_tokens=max_tokens,
+            log_path=out / f"ours-{q8_0_turns.ENCODING}-turns.log",
         )
     if xl:
         results["xl"] = measure_xl(

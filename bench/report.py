@@ -7,6 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from . import q8_0_turns
+
 
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
@@ -214,6 +216,7 @@ def floors(results: dict[str, Any]) -> list[dict[str, Any]]:
                 0.9,
             )
         )
+    rows.extend(q8_0_turns.floor_rows(results))
     return [
         {
             "floor": name,
@@ -432,6 +435,7 @@ def write(results: dict[str, Any], out: Path) -> str:
         gguf_table(results),
         vllm_table(results),
         llama_cpp_table(results),
+        q8_0_turns.table(results),
         xl_table(results),
         floors_table(results),
     ]

@@ -124,16 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser(
         "convert",
         help="write a GPT-2 checkpoint as a GGUF file in llama.cpp's layout, "
-        "float32, half (f16/bf16, as convert_hf_to_gguf.py --outtype) or "
-        "quantized (as llama-quantize would, without an imatrix)",
+        "float32, half or Q8_0 (f16/bf16/q8_0, as convert_hf_to_gguf.py "
+        "--outtype) or quantized (as llama-quantize would, without an imatrix)",
     )
     conv.add_argument("checkpoint_dir", help="local checkpoint directory")
     conv.add_argument("out", help="the .gguf file to write")
     conv.add_argument(
         "--to",
         required=True,
-        choices=["f32", "f16", "bf16", "q4_0", "q4_k", "q6_k", "q4_k_m"],  # ENCODINGS
-        help="q4_k_m: Q4_K, with Q6_K for the head and some ffn_down layers",
+        choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k", "q4_k_m"],
+        help="q8_0: as convert_hf_to_gguf.py --outtype q8_0; "
+        "q4_k_m: Q4_K, with Q6_K for the head and some ffn_down layers",
     )
     conv.set_defaults(run=_convert)
 

@@ -2,12 +2,13 @@
 
 What llama.cpp's `convert_hf_to_gguf.py` (GPT2Model) writes, tensor for
 tensor and key for key, so the files load in llama.cpp as well as in this
-project's MAX architecture (`gpt2_lmhead_model.gguf_weights`), then
-quantized the way `llama-quantize` would without an importance matrix
-(`gguf_quants`), because `convert_hf_to_gguf.py` itself cannot write
-K-quants. On top of llama.cpp's keys the file records the GPT-2 config
-values llama.cpp assumes rather than stores (activation, attention scaling)
-so that a loader can honour or refuse them.
+project's MAX architecture (`gpt2_lmhead_model.gguf_weights`). Float,
+half and Q8_0 files hold what `convert_hf_to_gguf.py --outtype` writes;
+Q4_0 and the K-quants are quantized the way `llama-quantize` would without
+an importance matrix (`gguf_quants`), because `convert_hf_to_gguf.py`
+itself cannot write K-quants. On top of llama.cpp's keys the file records
+the GPT-2 config values llama.cpp assumes rather than stores (activation,
+attention scaling) so that a loader can honour or refuse them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from gpt2_lmhead_model.weight_adapters import plan_weights
 from .gguf_quants import quantize
 from .tokenizer_files import EOT, read_tokenizer, tokens_by_id
 
-ENCODINGS = ("f32", "f16", "bf16", "q4_0", "q4_k", "q6_k", "q4_k_m")
+ENCODINGS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k", "q4_k_m")
 
 # general.file_type: llama.cpp's name for the file's dominant encoding. The
 # plain q4_k file is labelled Q4_K_S, the nearest ftype llama.cpp has.
@@ -35,6 +36,7 @@ FILE_TYPES = {
     "f32": LlamaFileType.ALL_F32,
     "f16": LlamaFileType.MOSTLY_F16,
     "bf16": LlamaFileType.MOSTLY_BF16,
+    "q8_0": LlamaFileType.MOSTLY_Q8_0,
     "q4_0": LlamaFileType.MOSTLY_Q4_0,
     "q4_k": LlamaFileType.MOSTLY_Q4_K_S,
     "q6_k": LlamaFileType.MOSTLY_Q6_K,
@@ -44,6 +46,7 @@ _MATRIX_TYPES = {
     "f32": GGMLQuantizationType.F32,
     "f16": GGMLQuantizationType.F16,
     "bf16": GGMLQuantizationType.BF16,
+    "q8_0": GGMLQuantizationType.Q8_0,
     "q4_0": GGMLQuantizationType.Q4_0,
     "q4_k": GGMLQuantizationType.Q4_K,
     "q6_k": GGMLQuantizationType.Q6_K,
@@ -131,7 +134,9 @@ def tensor_type(
     """The ggml type `write_gguf` stores GGUF tensor `name` in.
 
     As llama.cpp: vectors (norms, biases) and `position_embd` stay F32, the
-    2-D matrices take the encoding. `q4_0`, `q4_k` and `q6_k` are pure (one
+    2-D matrices (`token_embd` and `output` included) take the encoding;
+    for `q8_0` that is `convert_hf_to_gguf.py --outtype q8_0`'s choice
+    tensor for tensor. `q4_0`, `q4_k` and `q6_k` are pure (one
     type for every matrix, so a file exercises one kernel); llama-quantize
     would also put `output.weight` in Q6_K for those.
     """

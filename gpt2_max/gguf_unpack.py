@@ -168,8 +168,11 @@ def config_from_metadata(
 
 def main_encoding(reader: gguf.GGUFReader) -> str:
     """The `--quantization-encoding` of a file: the ggml encoding most of
-    its kernel-encoded matrices use (`q4_k` for a Q4_K_M file), `float32`
-    if none is."""
+    its matrices in MAX's encodings use (`q4_k` for a Q4_K_M file), else
+    `float32`, the graph's float type. That is right for Q8_0, F16 and
+    BF16 files too: MAX 26.7's `--quantization-encoding` has no q8_0 (nor
+    a float16 on CPU), and on CPU their matrices are routed per tensor to
+    this package's panel kernels (`gguf_weights.REPACKED`, `HALF_FLOATS`)."""
     kinds = Counter(
         KERNEL_ENCODINGS[t.tensor_type].name.lower()
         for t in reader.tensors

@@ -9,6 +9,7 @@ ggml (or MAX's ggml kernels) would misread fails the error bounds here.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import gguf
@@ -24,7 +25,7 @@ from gpt2_max.checkpoints import (
     VARIANT_CONFIG,
     write_checkpoint,
 )
-from gpt2_max.cli import main
+from gpt2_max.cli import build_parser, main
 from gpt2_max.gguf_export import write_gguf
 from gpt2_max.gguf_quants import quantize
 
@@ -90,6 +91,39 @@ def test_k_quants_edge_blocks(qtype):
     assert abs(back[4, 100] - 3.0) < 0.01
 
 
+def _q8_0_reference(x: np.ndarray) -> bytes:
+    """ggml's `quantize_row_q8_0_ref`, value by value: per 32 values an fp16
+    `d = amax / 127` and int8 `roundf(x / d)` (float32 products, halves
+    rounded away from zero, as C's roundf)."""
+    out = bytearray()
+    for block in x.astype(np.float32).reshape(-1, 32):
+        amax = np.float32(0)
+        for v in block:
+            amax = max(amax, np.abs(v))
+        d = amax / np.float32(127)
+        inv = np.float32(1) / d if d else np.float32(0)
+        out += np.float16(d).tobytes()
+        for v in block:
+            q = float(v * inv)
+            out += np.int8(math.copysign(math.floor(abs(q) + 0.5), q)).tobytes()
+    return bytes(out)
+
+
+def test_q8_0_is_llama_cpps_bytes():
+    """Byte for byte what ggml's reference quantizer and `gguf.quants` write,
+    halves included: 2.5 is 3, not numpy's round-half-even 2."""
+    x = _weights(rows=4, cols=128, seed=2)
+    x[0, :32] = 0  # all zero: d = 0, codes 0
+    x[1, :32] = np.linspace(-127, 126.5, 32, dtype=np.float32)  # d = 1
+    x[1, 1:8] = [2.5, -2.5, 0.5, -0.5, 1.5, -126.5, 126.5]
+    x[2, 32:64] = -np.abs(x[2, 32:64])  # the largest |x| negative
+    raw = quantize(x, T.Q8_0)
+    assert raw.tobytes() == _q8_0_reference(x)
+    assert raw.tobytes() == gguf.quants.quantize(x, T.Q8_0).tobytes()
+    codes = raw[1, 2:34].view(np.int8)
+    assert list(codes[:8]) == [-127, 3, -3, 1, -1, 2, -127, 127]
+
+
 def test_quantize_passthrough_and_errors():
     x = _weights(rows=2, cols=64)
     assert quantize(x, T.F32) is x
@@ -115,11 +149,12 @@ TINY = {
 }
 MATRICES = ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
 # Pinned here, not read from the converter, so an encoding it drops fails.
-ENCODINGS = ("f32", "f16", "bf16", "q4_0", "q4_k", "q6_k", "q4_k_m")
+ENCODINGS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k", "q4_k_m")
 FILE_TYPES = {
     "f32": 0,
     "f16": 1,
     "bf16": 32,
+    "q8_0": 7,
     "q4_0": 2,
     "q4_k": 14,
     "q6_k": 18,
@@ -129,6 +164,9 @@ FILE_TYPES = {
 
 def test_converter_offers_every_encoding():
     assert tuple(gguf_export.ENCODINGS) == ENCODINGS
+    convert = build_parser()._subparsers._group_actions[0].choices["convert"]
+    to = next(a for a in convert._actions if a.dest == "to")
+    assert tuple(to.choices) == ENCODINGS
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +203,7 @@ def _expected_types(encoding: str, n_layer: int) -> dict[str, T]:
         "f32": T.F32,
         "f16": T.F16,
         "bf16": T.BF16,
+        "q8_0": T.Q8_0,
         "q4_0": T.Q4_0,
         "q4_k": T.Q4_K,
         "q6_k": T.Q6_K,
@@ -298,7 +337,7 @@ def test_swapped_norms_in_the_writer_are_caught(tiny, tmp_path, monkeypatch):
     )
 
 
-@pytest.mark.parametrize("encoding", ["q4_0", "q4_k", "q6_k", "q4_k_m"])
+@pytest.mark.parametrize("encoding", ["q8_0", "q4_0", "q4_k", "q6_k", "q4_k_m"])
 def test_quantized_tensors_are_close(tiny, readers, encoding):
     expected = {gguf_name(n): a for n, a in _hf_tensors(tiny).items()}
     expected["output.weight"] = expected["token_embd.weight"]
@@ -311,6 +350,26 @@ def test_quantized_tensors_are_close(tiny, readers, encoding):
         else:
             err = _rel_err(back, want)
             assert err < BOUNDS[tensor.tensor_type], (tensor.name, err)
+
+
+def test_q8_0_file_is_what_llama_cpps_converter_writes(tiny, readers):
+    """`convert_hf_to_gguf.py --outtype q8_0`: every matrix (the embedding
+    and the tied head included) in `gguf.quants`' Q8_0 bytes of the
+    checkpoint's values; vectors and `position_embd` exact float32."""
+    expected = {gguf_name(n): a for n, a in _hf_tensors(tiny).items()}
+    expected["output.weight"] = expected["token_embd.weight"]
+    matrices = 0
+    for tensor in readers["q8_0"].tensors:
+        want = expected[tensor.name]
+        if tensor.tensor_type == T.Q8_0:
+            matrices += 1
+            llama = gguf.quants.quantize(np.ascontiguousarray(want), T.Q8_0)
+            assert np.asarray(tensor.data).tobytes() == llama.tobytes(), tensor.name
+        else:
+            assert tensor.tensor_type == T.F32, tensor.name
+            assert want.ndim == 1 or tensor.name == "position_embd.weight"
+            assert np.array_equal(np.asarray(tensor.data).reshape(want.shape), want)
+    assert matrices == 2 + 4 * 2  # token_embd, output, four per block
 
 
 def _bf16_rounded(x: np.ndarray) -> np.ndarray:

@@ -16,12 +16,13 @@ The config is small (one compile per encoding) but has K-quant-sized rows
 
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
 
 from gpt2_max.checkpoints import DISTILGPT2_CONFIG, write_checkpoint
 from gpt2_max.gguf_export import write_gguf
-from gpt2_max.gguf_unpack import unpack
+from gpt2_max.gguf_unpack import main_encoding, unpack
 from gpt2_max.parity import (
     compare,
     max_greedy_decode,
@@ -49,15 +50,19 @@ STEPS = DECODE_STEPS + 1
 
 # Relative logit error allowed per encoding (measured: ~1.3e-2 for q4_0,
 # ~1.8e-2 for q6_k and q4_k_m; q4_k 0.93e-2 on `panel_q4k_linear`, 1.34e-2
-# when it ran on MAX's qmatmul). It is the kernels' activation
-# quantization, not the weights': q6_k's weights round-trip 4x closer than
-# q4_k's (tests/test_gguf_convert.py) yet its error here is no smaller.
+# when it ran on MAX's qmatmul; q8_0 0.95e-2 on `panel_q8_linear`, 99/99
+# tokens agreeing). It is the kernels' activation quantization, not the
+# weights': q6_k's weights round-trip 4x closer than q4_k's
+# (tests/test_gguf_convert.py) yet its error here is no smaller. Q8_0 is
+# held to issue 23's bar for llama.cpp users' near-lossless choice: 1 %
+# and 0.99 of the greedy tokens (0.95 for the others).
 QUANTIZED = {
-    # file encoding: (--quantization-encoding, bound)
-    "q4_0": ("q4_0", 0.025),
-    "q4_k": ("q4_k", 0.03),
-    "q6_k": ("q6_k", 0.03),
-    "q4_k_m": ("q4_k", 0.03),  # mixed: Q6_K for the head and some ffn_down
+    # file encoding: (--quantization-encoding, logit bound, greedy agreement)
+    "q8_0": ("float32", 0.01, 0.99),  # MAX 26.7 has no q8_0 encoding
+    "q4_0": ("q4_0", 0.025, 0.95),
+    "q4_k": ("q4_k", 0.03, 0.95),
+    "q6_k": ("q6_k", 0.03, 0.95),
+    "q4_k_m": ("q4_k", 0.03, 0.95),  # mixed: Q6_K for the head and some ffn_down
 }
 MIN_GREEDY_AGREEMENT = 0.95
 Q8_0_BOUND = 0.02  # measured 0.83e-2 on `panel_q8_linear`
@@ -87,8 +92,10 @@ def test_float32_gguf_matches_transformers(small):
 @pytest.mark.parametrize("file_encoding", list(QUANTIZED))
 def test_quantized_gguf_matches_its_dequantized_weights(small, file_encoding):
     root, checkpoint, prompts = small
-    encoding, bound = QUANTIZED[file_encoding]
+    encoding, bound, agreement = QUANTIZED[file_encoding]
     path = write_gguf(checkpoint, root / f"small-{file_encoding}.gguf", file_encoding)
+    # The encoding `./run serve FILE.gguf` passes (`gpt2-max unpack`).
+    assert main_encoding(gguf.GGUFReader(path)) == encoding
     reference = dequantized_checkpoint(path, checkpoint, root / f"ref-{file_encoding}")
     oracle = transformers_greedy_decode(reference, prompts, STEPS)
     ours = max_greedy_decode(
@@ -99,10 +106,17 @@ def test_quantized_gguf_matches_its_dequantized_weights(small, file_encoding):
         weight_path=path,
         forced=oracle.tokens,
     )
-    assert_quantized_parity(ours, oracle, len(prompts), file_encoding, bound)
+    assert_quantized_parity(ours, oracle, len(prompts), file_encoding, bound, agreement)
 
 
-def assert_quantized_parity(ours, oracle, prompts: int, label: str, bound: float):
+def assert_quantized_parity(
+    ours,
+    oracle,
+    prompts: int,
+    label: str,
+    bound: float,
+    min_agreement: float = MIN_GREEDY_AGREEMENT,
+):
     """Teacher-forced logits within `bound` of the oracle's, greedy tokens
     agreeing, and an error only a quantized kernel makes."""
     errors = [
@@ -118,7 +132,7 @@ def assert_quantized_parity(ours, oracle, prompts: int, label: str, bound: float
         ]
     )
     assert max(errors) <= bound, (label, max(errors))
-    assert agreement >= MIN_GREEDY_AGREEMENT, (label, agreement)
+    assert agreement >= min_agreement, (label, agreement)
     # Exact float matmuls on dequantized weights would agree to ~1e-6: an
     # error this size says the quantized kernels ran, not a silent
     # dequantize-at-load fallback.
@@ -133,8 +147,6 @@ Q8_0_FALLBACK_CONFIG = {**SMALL_CONFIG, "n_embd": 160, "n_head": 5, "n_inner": 3
 def test_q8_0_matrices_match_their_dequantized_weights(tmp_path, tokenizer):
     """Q8_0 runs on `panel_q8_linear`, whose activations are rounded to int8
     per 32 values: held to a bound like the other quantized kernels."""
-    import gguf
-
     checkpoint = write_checkpoint(tmp_path / "q8", Q8_0_FALLBACK_CONFIG, seed=6)
     path = write_gguf(checkpoint, tmp_path / "q8.gguf", "q4_k")
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
@@ -165,8 +177,6 @@ def test_half_float_gguf_matches_its_own_weights(small, file_encoding):
     widened exactly in registers: float32 math on the file's own weights,
     so held to the float32 bar (teacher-forced, as rounding the weights
     moves the greedy path away from the float32 checkpoint's)."""
-    import gguf
-
     root, checkpoint, prompts = small
     path = write_gguf(checkpoint, root / f"small-{file_encoding}.gguf", file_encoding)
     # As `./run serve FILE.gguf` does: config and tokenizer from the file's
