@@ -101,7 +101,10 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
         "float32",
         "bfloat16",
         # GGUF files (llama.cpp's layout): float32 activations, each matrix
-        # run as `routing` decides from how the file stores it.
+        # run as `routing` decides from how the file stores it. These name
+        # the ggml type a file mostly holds; MAX 26.7 has no q8_0, so a Q8_0
+        # file is served as float32 (`gpt2-max unpack` says so) and still
+        # runs its matrices on the Q8_0 kernel.
         "q4_k",
         "q4_0",
         "q6_k",
