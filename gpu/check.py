@@ -162,6 +162,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=os.environ.get("OUT"))
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/gpukit"))
     parser.add_argument("--site", type=Path, help="an installed stack: skip the join")
+    parser.add_argument("--steps", help="only these steps, comma-separated (a rerun)")
     args = parser.parse_args()
     out = args.out or REPO / ".gpu-payload" / "out"
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
@@ -186,8 +187,9 @@ def main() -> int:
         }
     )
     env = step_env(site, args.scratch)
+    chosen = set(args.steps.split(",")) if args.steps else {n for n, _, _ in GPU_PLAN}
     for name, role, limit in GPU_PLAN:
-        if role is not None and role not in shapes:
+        if name not in chosen or (role is not None and role not in shapes):
             continue
         argv = [name, "--devices", args.devices]
         if role is not None:
