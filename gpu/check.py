@@ -41,7 +41,7 @@ GPU_PLAN = [
 ]
 SHAPES = {
     "gpu": {"small": "distilgpt2", "large": "gpt2-xl"},
-    "cpu": {"small": "variant"},
+    "cpu": {"small": "variant", "large": "variant"},  # each step once, tiny
 }
 
 
@@ -188,12 +188,15 @@ def main() -> int:
     )
     env = step_env(site, args.scratch)
     chosen = set(args.steps.split(",")) if args.steps else {n for n, _, _ in GPU_PLAN}
+    done: set[tuple[str, str | None]] = set()
     for name, role, limit in GPU_PLAN:
-        if name not in chosen or (role is not None and role not in shapes):
+        shape = shapes[role] if role else None
+        if name not in chosen or (name, shape) in done:
             continue
+        done.add((name, shape))
         argv = [name, "--devices", args.devices]
-        if role is not None:
-            argv += ["--shape", shapes[role]]
+        if shape is not None:
+            argv += ["--shape", shape]
         if run.left() < 30:
             run.add(
                 {"name": " ".join(argv), "status": "skipped", "error": "out of time"}

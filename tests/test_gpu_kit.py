@@ -163,5 +163,6 @@ def test_the_gpu_plan_names_only_known_steps():
     import steps
 
     assert {name for name, _, _ in check.GPU_PLAN} <= set(steps.STEPS)
+    roles = {role for _, role, _ in check.GPU_PLAN if role}
     for devices, shapes in check.SHAPES.items():
-        assert "small" in shapes, devices
+        assert set(shapes) == roles, devices
