@@ -28,10 +28,10 @@ from std.utils import StaticTuple
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
-from linalg.arch.cpu.vnni_intrinsics import dot_i8_to_i32_saturated_x86
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 
+from .byte_dot import dot_small_codes
 from .panels import F32, PANEL, SIMD_WIDTH, Vec, check_shapes, quantize_rows, store_rows
 
 comptime Q4K_SUPER = 256
@@ -102,8 +102,8 @@ def q4k_row_block[
                     var x_high = I32s(x8.unsafe_load(x_at + 1))
                     comptime for c in range(DECODED):
                         var i = r * CHUNKS + first + c
-                        dots[i] = dot_i8_to_i32_saturated_x86(dots[i], low[c], x_low)
-                        dots[i] = dot_i8_to_i32_saturated_x86(dots[i], high[c], x_high)
+                        dots[i] = dot_small_codes(dots[i], low[c], x_low)
+                        dots[i] = dot_small_codes(dots[i], high[c], x_high)
         var sup = sub // (Q4K_SUPER // Q4K_SUB)
         comptime for c in range(CHUNKS):
             var lane = c * SIMD_WIDTH

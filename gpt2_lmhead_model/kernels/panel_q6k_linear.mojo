@@ -25,10 +25,10 @@ from std.utils import StaticTuple
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
-from linalg.arch.cpu.vnni_intrinsics import dot_i8_to_i32_saturated_x86
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 
+from .byte_dot import dot_small_codes
 from .panels import F32, PANEL, SIMD_WIDTH, Vec, check_shapes, store_rows
 
 comptime Q6K_SUPER = 256
@@ -141,10 +141,10 @@ def q6k_row_block[
                 var offset = I32s(x_offset.unsafe_load((row0 + r) * groups + group))
                 var xs = x_scale.unsafe_load((row0 + r) * (k_dim // X_BLOCK) + group // 2)
                 comptime for c in range(DECODED):
-                    var dot = dot_i8_to_i32_saturated_x86(offset, q[4 * c], x0)
-                    dot = dot_i8_to_i32_saturated_x86(dot, q[4 * c + 1], x1)
-                    dot = dot_i8_to_i32_saturated_x86(dot, q[4 * c + 2], x2)
-                    dot = dot_i8_to_i32_saturated_x86(dot, q[4 * c + 3], x3)
+                    var dot = dot_small_codes(offset, q[4 * c], x0)
+                    dot = dot_small_codes(dot, q[4 * c + 1], x1)
+                    dot = dot_small_codes(dot, q[4 * c + 2], x2)
+                    dot = dot_small_codes(dot, q[4 * c + 3], x3)
                     var i = r * CHUNKS + first + c
                     acc[i] = fma(d_sc[c] * xs, dot.cast[F32](), acc[i])
 
