@@ -71,23 +71,16 @@ instructions and the portable route read the code bytes as they are."""
 def _sdot[width: Int](
     acc: SIMD[DType.int32, width], a: SIMD[DType.int32, width], b: SIMD[DType.int32, width]
 ) -> SIMD[DType.int32, width]:
-    """ARM's `sdot`, 128 bits (4 lanes) at a time."""
-    comptime assert width % 4 == 0, "sdot works on 4-lane groups"
-    comptime if width == 4:
-        return rebind[SIMD[DType.int32, width]](
-            llvm_intrinsic["llvm.aarch64.neon.sdot.v4i32.v16i8", SIMD[DType.int32, 4]](
-                rebind[SIMD[DType.int32, 4]](acc),
-                bitcast[DType.int8, 16](rebind[SIMD[DType.int32, 4]](a)),
-                bitcast[DType.int8, 16](rebind[SIMD[DType.int32, 4]](b)),
-            )
+    """ARM's `sdot` on one 128-bit register: NEON's 4 lanes, the vector
+    width of every AArch64 target (SVE cores included)."""
+    comptime assert width == 4, "sdot: one 128-bit NEON register"
+    return rebind[SIMD[DType.int32, width]](
+        llvm_intrinsic["llvm.aarch64.neon.sdot.v4i32.v16i8", SIMD[DType.int32, 4]](
+            rebind[SIMD[DType.int32, 4]](acc),
+            bitcast[DType.int8, 16](rebind[SIMD[DType.int32, 4]](a)),
+            bitcast[DType.int8, 16](rebind[SIMD[DType.int32, 4]](b)),
         )
-    else:
-        var out = acc
-        comptime for g in range(0, width, 4):
-            out = out.insert[offset=g](
-                _sdot[4](acc.slice[4, offset=g](), a.slice[4, offset=g](), b.slice[4, offset=g]())
-            )
-        return out
+    )
 
 
 @always_inline
@@ -97,9 +90,8 @@ def _widening_dot[unsigned_a: Bool, width: Int](
     """Each byte widened to 32 bits, multiplied, and the four products of a
     lane added pairwise: exact for any byte values."""
     comptime a_type = DType.uint8 if unsigned_a else DType.int8
-    var products = bitcast[a_type, 4 * width](a).cast[DType.int32]() * bitcast[DType.int8, 4 * width](
-        b
-    ).cast[DType.int32]()
+    var wide_a = bitcast[a_type, 4 * width](a).cast[DType.int32]()
+    var products = wide_a * bitcast[DType.int8, 4 * width](b).cast[DType.int32]()
     var pairs = products.deinterleave()
     var pair_sums = pairs[0] + pairs[1]
     var quads = pair_sums.deinterleave()
@@ -130,7 +122,8 @@ def dot_unsigned_codes[width: Int](
     less `UNSIGNED_CODE_BIAS` with `x`'s bytes (int8), exactly: x86 without
     VNNI takes the unsaturated form, as 255 * 127 * 2 overflows int16."""
     comptime if BYTE_DOT_ROUTE == ROUTE_NEON_SDOT:
-        return _sdot(acc, codes ^ SIMD[DType.int32, width](Int32(-2139062144)), x)  # 0x80808080
+        var top_bits = bitcast[DType.int32, width](SIMD[DType.uint32, width](0x80808080))
+        return _sdot(acc, codes ^ top_bits, x)
     elif BYTE_DOT_ROUTE == ROUTE_PORTABLE:
         return _widening_dot[True](acc, codes, x)
     else:
