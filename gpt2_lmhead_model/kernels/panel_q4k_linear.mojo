@@ -12,10 +12,11 @@ Rebuilding every weight as a float costs more arithmetic than two cores
 can do at memory speed, so, as llama.cpp and MAX's own ggml kernels do,
 the codes meet integer activations: each 32 values of a row of x are
 rounded to int8 on a scale of their own (`amax / 127`), the code-activation
-dot products run four bytes per 32-bit lane (VNNI's `vpdpbusd` where the
-CPU has it, AVX2's `pmaddubsw` otherwise), and per sub-block the integer
-sums turn float: `xscale * (d*sc * sum(q * x8) - dmin*m * sum(x8))`. That
-is float math on the dequantized matrix and the rounded x. The min term
+dot products run four bytes per 32-bit lane (`byte_dot`: VNNI's `vpdpbusd`,
+AVX2's `pmaddubsw`, ARM's `sdot` or a portable form, by target), and per
+sub-block the integer sums turn float:
+`xscale * (d*sc * sum(q * x8) - dmin*m * sum(x8))`. That is float math on
+the dequantized matrix and the rounded x. The min term
 takes the sum of the rounded x, not of x: the error is then `W @ dx`,
 where with the float sum it would be `(W + dmin*m) @ dx`, and the mins
 are about half a block's range (measured: twice the logit error).
@@ -46,7 +47,9 @@ comptime Q4K_ROWS = 8 if SIMD_WIDTH >= 16 else 1
 """Rows per register block. Each row holds an integer and a float
 accumulator per register of the panel, so 8 rows spill some of AVX-512's
 32 registers; measured, 8 still beat 4 (engine batch 8: 1508 against 1332
-tok/s). AVX2's 16 registers hold one row."""
+tok/s). AVX2's 16 registers hold one row, and so do NEON's 32 (a panel
+row is 8 registers of 4 lanes there: 16 accumulators per row; the
+neoverse-n1 build's K loop keeps them all in registers)."""
 comptime CHUNKS = PANEL // SIMD_WIDTH
 """Registers per panel row."""
 comptime DECODED = CHUNKS if SIMD_WIDTH >= 16 else 1

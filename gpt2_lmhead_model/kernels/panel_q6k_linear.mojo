@@ -10,8 +10,9 @@ super-block `d` as float32: 6.625 bits per weight against the file's
 6.5625.
 
 As in `panel_q4k_linear`, the codes meet activations rounded to int8 on a
-scale per 32 values, four bytes per 32-bit lane (VNNI's `vpdpbusd`, or
-AVX2's `pmaddubsw`: 63 * 127 * 2 stays inside its int16 pairs). The
+scale per 32 values, four bytes per 32-bit lane (`byte_dot`: VNNI's
+`vpdpbusd`, AVX2's `pmaddubsw`, where 63 * 127 * 2 stays inside its int16
+pairs, ARM's `sdot`, or a portable form). The
 offset of 32 is taken out in integers: each 16 values' integer dot starts
 from `-32 * sum(x8)` over them, so per 16 values of K a row pays one
 convert and one fused multiply-add: `xscale * d*sc * (sum(q * x8) -
@@ -44,7 +45,8 @@ them with four bytes of x."""
 comptime Q6K_ROWS = 8 if SIMD_WIDTH >= 16 else 1
 """Rows per register block: a float accumulator per row and register of
 the panel (16 of AVX-512's 32 registers at 8 rows), beside a group's
-decoded codes. AVX2's 16 registers hold one row."""
+decoded codes. AVX2's 16 registers hold one row; NEON keeps one too (8
+accumulators of 4 lanes per row: two rows might fit its 32, untried)."""
 comptime CHUNKS = PANEL // SIMD_WIDTH
 """Registers per panel row."""
 comptime DECODED = CHUNKS if SIMD_WIDTH >= 16 else 1

@@ -47,7 +47,8 @@ comptime Q8_DOT_OFFSET = Q8_CODE_OFFSET - UNSIGNED_CODE_BIAS
 comptime Q8_ROWS = 8 if SIMD_WIDTH >= 16 else 1
 """Rows per register block: each row holds an integer and a float
 accumulator per register of the panel (as `panel_q4k_linear`: 8 rows with
-AVX-512's 32 registers, one with AVX2's 16)."""
+AVX-512's 32 registers, one with AVX2's 16, and one with NEON's 32, where
+a row's 8 registers of 4 lanes take 16 accumulators)."""
 comptime CHUNKS = PANEL // SIMD_WIDTH
 """Registers per panel row."""
 comptime I32s = SIMD[DType.int32, SIMD_WIDTH]
