@@ -159,7 +159,6 @@ def prepare(root: Path = ROOT) -> ArmSysroot:
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
         work = Path(tmp)
-        work.chmod(0o755)  # apt's sandbox user writes the .deb files here
         _apt_download([QEMU_PACKAGE, *DEBIAN_PACKAGES], work)
         pins = [f"{name}=={version(name)}" for name in WHEELS]
         _run(
