@@ -4,6 +4,7 @@
 # and a partial panel on every vector width.
 from std.memory import alloc
 
+from kernels.byte_dot import route_name
 from kernels.panel_q4k_linear import CODES_PER_WORD, Q4K_ROWS, Q4K_SUB, Q4K_SUPER, q4k_panel_matmul
 from kernels.panel_q6k_linear import LOW_PER_WORD, Q6K_GROUP, Q6K_ROWS, Q6K_SUPER, q6k_panel_matmul
 from kernels.panel_q8_linear import Q8_BLOCK, Q8_CODE_OFFSET, Q8_CODES_PER_WORD, Q8_ROWS, q8_panel_matmul
@@ -270,6 +271,7 @@ def check_panels[wdt: DType](label: StaticString) raises:
 
 
 def main() raises:
+    print("byte_dot", route_name())
     print("simd_width", SIMD_WIDTH, "max_rows", MAX_ROWS, "q8_rows", Q8_ROWS, "q4k_rows", Q4K_ROWS, "q6k_rows", Q6K_ROWS)
     check_panels[DType.float32]("f32")
     check_panels[DType.bfloat16]("bf16")

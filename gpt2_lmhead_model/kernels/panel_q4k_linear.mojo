@@ -12,10 +12,11 @@ Rebuilding every weight as a float costs more arithmetic than two cores
 can do at memory speed, so, as llama.cpp and MAX's own ggml kernels do,
 the codes meet integer activations: each 32 values of a row of x are
 rounded to int8 on a scale of their own (`amax / 127`), the code-activation
-dot products run four bytes per 32-bit lane (VNNI's `vpdpbusd` where the
-CPU has it, AVX2's `pmaddubsw` otherwise), and per sub-block the integer
-sums turn float: `xscale * (d*sc * sum(q * x8) - dmin*m * sum(x8))`. That
-is float math on the dequantized matrix and the rounded x. The min term
+dot products run four bytes per 32-bit lane (`byte_dot`: VNNI's `vpdpbusd`,
+AVX2's `pmaddubsw`, ARM's `sdot` or a portable form, by target), and per
+sub-block the integer sums turn float:
+`xscale * (d*sc * sum(q * x8) - dmin*m * sum(x8))`. That is float math on
+the dequantized matrix and the rounded x. The min term
 takes the sum of the rounded x, not of x: the error is then `W @ dx`,
 where with the float sum it would be `(W + dmin*m) @ dx`, and the mins
 are about half a block's range (measured: twice the logit error).
@@ -28,10 +29,10 @@ from std.utils import StaticTuple
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
-from linalg.arch.cpu.vnni_intrinsics import dot_i8_to_i32_saturated_x86
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 
+from .byte_dot import dot_small_codes
 from .panels import F32, PANEL, SIMD_WIDTH, Vec, check_shapes, quantize_rows, store_rows
 
 comptime Q4K_SUPER = 256
@@ -46,7 +47,9 @@ comptime Q4K_ROWS = 8 if SIMD_WIDTH >= 16 else 1
 """Rows per register block. Each row holds an integer and a float
 accumulator per register of the panel, so 8 rows spill some of AVX-512's
 32 registers; measured, 8 still beat 4 (engine batch 8: 1508 against 1332
-tok/s). AVX2's 16 registers hold one row."""
+tok/s). AVX2's 16 registers hold one row, and so do NEON's 32 (a panel
+row is 8 registers of 4 lanes there: 16 accumulators per row; the
+neoverse-n1 build's K loop keeps them all in registers)."""
 comptime CHUNKS = PANEL // SIMD_WIDTH
 """Registers per panel row."""
 comptime DECODED = CHUNKS if SIMD_WIDTH >= 16 else 1
@@ -102,8 +105,8 @@ def q4k_row_block[
                     var x_high = I32s(x8.unsafe_load(x_at + 1))
                     comptime for c in range(DECODED):
                         var i = r * CHUNKS + first + c
-                        dots[i] = dot_i8_to_i32_saturated_x86(dots[i], low[c], x_low)
-                        dots[i] = dot_i8_to_i32_saturated_x86(dots[i], high[c], x_high)
+                        dots[i] = dot_small_codes(dots[i], low[c], x_low)
+                        dots[i] = dot_small_codes(dots[i], high[c], x_high)
         var sup = sub // (Q4K_SUPER // Q4K_SUB)
         comptime for c in range(CHUNKS):
             var lane = c * SIMD_WIDTH

@@ -10,8 +10,9 @@ super-block `d` as float32: 6.625 bits per weight against the file's
 6.5625.
 
 As in `panel_q4k_linear`, the codes meet activations rounded to int8 on a
-scale per 32 values, four bytes per 32-bit lane (VNNI's `vpdpbusd`, or
-AVX2's `pmaddubsw`: 63 * 127 * 2 stays inside its int16 pairs). The
+scale per 32 values, four bytes per 32-bit lane (`byte_dot`: VNNI's
+`vpdpbusd`, AVX2's `pmaddubsw`, where 63 * 127 * 2 stays inside its int16
+pairs, ARM's `sdot`, or a portable form). The
 offset of 32 is taken out in integers: each 16 values' integer dot starts
 from `-32 * sum(x8)` over them, so per 16 values of K a row pays one
 convert and one fused multiply-add: `xscale * d*sc * (sum(q * x8) -
@@ -25,10 +26,10 @@ from std.utils import StaticTuple
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
-from linalg.arch.cpu.vnni_intrinsics import dot_i8_to_i32_saturated_x86
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 
+from .byte_dot import dot_small_codes
 from .panels import F32, PANEL, SIMD_WIDTH, Vec, check_shapes, store_rows
 
 comptime Q6K_SUPER = 256
@@ -44,7 +45,8 @@ them with four bytes of x."""
 comptime Q6K_ROWS = 8 if SIMD_WIDTH >= 16 else 1
 """Rows per register block: a float accumulator per row and register of
 the panel (16 of AVX-512's 32 registers at 8 rows), beside a group's
-decoded codes. AVX2's 16 registers hold one row."""
+decoded codes. AVX2's 16 registers hold one row; NEON keeps one too (8
+accumulators of 4 lanes per row: two rows might fit its 32, untried)."""
 comptime CHUNKS = PANEL // SIMD_WIDTH
 """Registers per panel row."""
 comptime DECODED = CHUNKS if SIMD_WIDTH >= 16 else 1
@@ -141,10 +143,10 @@ def q6k_row_block[
                 var offset = I32s(x_offset.unsafe_load((row0 + r) * groups + group))
                 var xs = x_scale.unsafe_load((row0 + r) * (k_dim // X_BLOCK) + group // 2)
                 comptime for c in range(DECODED):
-                    var dot = dot_i8_to_i32_saturated_x86(offset, q[4 * c], x0)
-                    dot = dot_i8_to_i32_saturated_x86(dot, q[4 * c + 1], x1)
-                    dot = dot_i8_to_i32_saturated_x86(dot, q[4 * c + 2], x2)
-                    dot = dot_i8_to_i32_saturated_x86(dot, q[4 * c + 3], x3)
+                    var dot = dot_small_codes(offset, q[4 * c], x0)
+                    dot = dot_small_codes(dot, q[4 * c + 1], x1)
+                    dot = dot_small_codes(dot, q[4 * c + 2], x2)
+                    dot = dot_small_codes(dot, q[4 * c + 3], x3)
                     var i = r * CHUNKS + first + c
                     acc[i] = fma(d_sc[c] * xs, dot.cast[F32](), acc[i])
 

@@ -10,12 +10,15 @@ of a row of x are rounded to int8 on a scale of their own (`quantize_rows`)
 and the code-activation products run four bytes per 32-bit lane.
 
 The x86 byte dot product (`vpdpbusd` with VNNI, `pmaddubsw` otherwise)
-takes one operand unsigned, so the panels hold `q + 128` (0..255): per
-block, `sum(q * x8) = sum((q + 128) * x8) - 128 * sum(x8)`, and the float
-result is `d * (xscale * dot - 128 * x_sum)`, `x_sum` being the sum of the
-rounded x. That is float math on the file's exact weights and the rounded
-x. Without VNNI the unsaturated dot product is used: `pmaddubsw`'s 16-bit
-pair sums would overflow on codes up to 255.
+takes one operand unsigned, so the panels hold `q + 128` (0..255) on every
+target: per block, `sum(q * x8) = sum((q + 128) * x8) - 128 * sum(x8)`,
+and the float result is `d * (xscale * dot - 128 * x_sum)`, `x_sum` being
+the sum of the rounded x. That is float math on the file's exact weights
+and the rounded x. Without VNNI the unsaturated dot product is used:
+`pmaddubsw`'s 16-bit pair sums would overflow on codes up to 255. ARM's
+`sdot` reads both operands signed: that route flips each stored byte's top
+bit, which gives back `q` itself, and the offset term drops out
+(`byte_dot.UNSIGNED_CODE_BIAS`).
 """
 
 from std.math import fma
@@ -25,10 +28,10 @@ from std.utils import StaticTuple
 
 import extensibility
 from extensibility import InputTensor, OutputTensor
-from linalg.arch.cpu.vnni_intrinsics import dot_i8_to_i32_x86
 from max.algorithm import sync_parallelize
 from max.gpu.host import DeviceContext
 
+from .byte_dot import UNSIGNED_CODE_BIAS, dot_unsigned_codes
 from .panels import F32, PANEL, SIMD_WIDTH, Vec, X_BLOCK, check_shapes, quantize_rows, store_rows
 
 comptime Q8_BLOCK = 32
@@ -38,10 +41,14 @@ comptime Q8_CODES_PER_WORD = 4
 the byte dot product pairs them with four of x."""
 comptime Q8_CODE_OFFSET = 128
 """Added to every code at packing, so that codes are unsigned."""
+comptime Q8_DOT_OFFSET = Q8_CODE_OFFSET - UNSIGNED_CODE_BIAS
+"""The offset left in each code byte as the target's dot product reads it:
+128 on x86 and the portable route, 0 with ARM's `sdot`."""
 comptime Q8_ROWS = 8 if SIMD_WIDTH >= 16 else 1
 """Rows per register block: each row holds an integer and a float
 accumulator per register of the panel (as `panel_q4k_linear`: 8 rows with
-AVX-512's 32 registers, one with AVX2's 16)."""
+AVX-512's 32 registers, one with AVX2's 16, and one with NEON's 32, where
+a row's 8 registers of 4 lanes take 16 accumulators)."""
 comptime CHUNKS = PANEL // SIMD_WIDTH
 """Registers per panel row."""
 comptime I32s = SIMD[DType.int32, SIMD_WIDTH]
@@ -81,15 +88,16 @@ def q8_row_block[
                 var x_word = I32s(x8.unsafe_load((row0 + r) * words_per_row + word))
                 comptime for c in range(CHUNKS):
                     var i = r * CHUNKS + c
-                    dots[i] = dot_i8_to_i32_x86(dots[i], w[c], x_word)
+                    dots[i] = dot_unsigned_codes(dots[i], w[c], x_word)
         comptime for c in range(CHUNKS):
             var d = s_panel.unsafe_load[width=SIMD_WIDTH](block * PANEL + c * SIMD_WIDTH)
-            var offset = d * Float32(Q8_CODE_OFFSET)
+            var offset = d * Float32(Q8_DOT_OFFSET)
             comptime for r in range(rows):
                 var at = (row0 + r) * blocks + block
                 var i = r * CHUNKS + c
                 acc[i] = fma(d * x_scale.unsafe_load(at), dots[i].cast[F32](), acc[i])
-                acc[i] = fma(offset, F32s(-x_sum.unsafe_load(at)), acc[i])
+                comptime if Q8_DOT_OFFSET != 0:
+                    acc[i] = fma(offset, F32s(-x_sum.unsafe_load(at)), acc[i])
 
     var out = StaticTuple[Vec, rows](fill=Vec(0))
     comptime for r in range(rows):

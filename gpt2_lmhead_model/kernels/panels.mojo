@@ -15,7 +15,7 @@ widened to float32 in registers, exactly, and the math is float32's.
 from std.runtime import parallelism_level
 from std.math import erf, fma, round, sqrt, tanh
 from std.memory import bitcast
-from std.sys.info import simd_width_of
+from std.sys.info import CompilationTarget, simd_width_of
 from std.utils import StaticTuple
 
 from max.algorithm import sync_parallelize
@@ -27,11 +27,27 @@ comptime PANEL = 32
 """Columns per panel; `panel_matmul.PANEL` on the Python side packs to it."""
 comptime SIMD_WIDTH = simd_width_of[F32]()
 """The float32 lanes of one vector register on the compile target (16 with
-AVX-512, 8 with AVX2): a panel row is `PANEL // SIMD_WIDTH` registers."""
-comptime MAX_ROWS = 8 if SIMD_WIDTH >= 16 else 3
-"""Rows of `x` per register block: `MAX_ROWS * PANEL // SIMD_WIDTH`
-accumulators (16 of AVX-512's 32 registers, 12 of AVX2's 16) leave room
-for the panel row and the broadcast."""
+AVX-512, 8 with AVX2, 4 with NEON or SSE): a panel row is `CHUNKS`
+registers."""
+comptime CHUNKS = PANEL // SIMD_WIDTH
+"""Registers per panel row."""
+comptime F32s = SIMD[F32, SIMD_WIDTH]
+comptime VECTOR_REGISTERS = 32 if SIMD_WIDTH >= 16 or CompilationTarget.has_neon() else 16
+"""The vector register file: 32 with AVX-512 and on AArch64 (NEON's
+32 128-bit registers), 16 with AVX2 or SSE."""
+comptime CHUNKED_ACCUMULATORS = CompilationTarget.has_neon()
+"""NEON's multiply-adds take no memory operand, so the panel row streams
+through registers two at a time next to one accumulator per row and
+register: written that way, LLVM keeps every accumulator in place, where
+whole-panel-row accumulators left register copies and stack spills in the
+K loop (read in the neoverse-n1 assembly). x86's form is kept as measured."""
+comptime MAX_ROWS = 8 if SIMD_WIDTH >= 16 else (VECTOR_REGISTERS - 4) // CHUNKS
+"""Rows of `x` per register block, `MAX_ROWS * CHUNKS` accumulators, with
+4 registers or more left for the panel row (streamed, or a memory operand
+on x86) and the broadcasts of x: 16 of AVX-512's 32 registers (8 rows,
+measured best), 12 of AVX2's 16 (3 rows), 24 of NEON's 32 (3 rows: the K
+loop of the neoverse-n1 build holds 24 accumulators, 2 panel registers and
+3 broadcasts, no spill), 8 of SSE's 16 (1 row)."""
 
 comptime ACT_NONE = 0
 comptime ACT_GELU = 1
@@ -133,15 +149,30 @@ def row_block[
 ):
     """`rows` rows of y over one panel: accumulate over K, then bias,
     activation and a store clipped to N."""
-    var acc = StaticTuple[Vec, rows](fill=Vec(0))
     var w_panel = w.unsafe_offset(panel * k_dim * PANEL)
     var x_rows = x.unsafe_offset(row0 * k_dim)
-    for k in range(k_dim):
-        var w_row = w_panel.unsafe_load[width=PANEL](k * PANEL).cast[F32]()
+    comptime if CHUNKED_ACCUMULATORS:
+        var acc = StaticTuple[F32s, rows * CHUNKS](fill=F32s(0))
+        for k in range(k_dim):
+            var xs = StaticTuple[F32s, rows](fill=F32s(0))
+            comptime for r in range(rows):
+                xs[r] = F32s(x_rows.unsafe_load(r * k_dim + k))
+            comptime for c in range(CHUNKS):
+                var w_chunk = w_panel.unsafe_load[width=SIMD_WIDTH](k * PANEL + c * SIMD_WIDTH).cast[F32]()
+                comptime for r in range(rows):
+                    acc[r * CHUNKS + c] = fma(xs[r], w_chunk, acc[r * CHUNKS + c])
+        var out = StaticTuple[Vec, rows](fill=Vec(0))
         comptime for r in range(rows):
-            acc[r] = fma(Vec(x_rows.unsafe_load(r * k_dim + k)), w_row, acc[r])
-
-    store_rows[rows, act, has_bias](acc, bias, y, row0, panel, n_dim)
+            comptime for c in range(CHUNKS):
+                out[r] = out[r].insert[offset=c * SIMD_WIDTH](acc[r * CHUNKS + c])
+        store_rows[rows, act, has_bias](out, bias, y, row0, panel, n_dim)
+    else:
+        var acc = StaticTuple[Vec, rows](fill=Vec(0))
+        for k in range(k_dim):
+            var w_row = w_panel.unsafe_load[width=PANEL](k * PANEL).cast[F32]()
+            comptime for r in range(rows):
+                acc[r] = fma(Vec(x_rows.unsafe_load(r * k_dim + k)), w_row, acc[r])
+        store_rows[rows, act, has_bias](acc, bias, y, row0, panel, n_dim)
 
 
 @always_inline

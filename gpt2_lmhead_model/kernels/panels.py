@@ -6,7 +6,7 @@ import numpy as np
 
 PANEL = 32
 """Columns per panel; must equal `PANEL` in `panels.mojo`. A multiple of
-every x86 float32 vector width (8 lanes AVX2, 16 lanes AVX-512)."""
+every float32 vector width (4 lanes NEON or SSE, 8 AVX2, 16 AVX-512)."""
 
 # The `ACT_*` codes of `panels.mojo`, by transformers' ACT2FN name. The
 # other activations run as graph ops after an unfused kernel.
@@ -46,8 +46,9 @@ Q8_BLOCK = 32
 Q8_CODES_PER_WORD = 4
 """int8 codes per uint32 of `pack_q8_panels`' codes."""
 Q8_CODE_OFFSET = 128
-"""`pack_q8_panels` stores `q + 128`: the x86 byte dot product takes one
-operand unsigned."""
+"""`pack_q8_panels` stores `q + 128` on every target: the x86 byte dot
+product takes one operand unsigned (ARM's `sdot` flips the top bit back:
+`byte_dot.mojo`)."""
 
 
 def pack_q8_panels(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
