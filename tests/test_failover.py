@@ -1,0 +1,312 @@
+"""Two `max serve` replicas behind HAProxy (`deploy/haproxy.cfg`): a
+replica killed under load loses no request and changes no answer; a stream
+cut mid-way ends in an error the client sees; a replica drained first, then
+stopped, finishes what it holds.
+
+Slow (two servers on a DistilGPT2-shaped fixture, one restarted after each
+stop; the compile cache is shared, so only the first start compiles).
+Everything listens on 127.0.0.1, the load is bounded in count and time, and
+every process started here is stopped by its fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+
+from gpt2_max.balancer import HAProxy
+from gpt2_max.parity import transformers_greedy_decode
+from gpt2_max.server import MaxServe, group_alive
+
+from .failover_load import Stream, read_stream, run_load
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy"),
+]
+
+PROMPTS = [
+    "The harbour was quiet in the early morning",
+    "An old man sat on an upturned crate",
+    "Once upon a time",
+    "The meaning of life is",
+    "In the winter of his childhood the sea came over the wall",
+    "Gulls argued over scraps while",
+]
+MAX_TOKENS = 24
+STREAM_TOKENS = 160
+REQUESTS = 60
+CONCURRENCY = 6
+
+
+def greedy_texts(checkpoint, tokenizer, prompts, steps):
+    """What transformers answers greedily, as the server would return it:
+    cut at end-of-text, a partly generated character held back."""
+    ids = [tokenizer(p).input_ids for p in prompts]
+    decode = transformers_greedy_decode(checkpoint, ids, steps)
+    texts = []
+    for tokens in decode.tokens:
+        eos = tokenizer.eos_token_id
+        tokens = tokens[: tokens.index(eos)] if eos in tokens else tokens
+        texts.append(tokenizer.decode(tokens).rstrip("\ufffd"))
+    return texts
+
+
+class Cluster:
+    """Two replicas and the balancer; a stopped replica can be started again."""
+
+    def __init__(self, checkpoint, workdir) -> None:
+        self.checkpoint = checkpoint
+        self.workdir = workdir
+        self.replicas: list[MaxServe] = []
+        self.lb: HAProxy | None = None
+
+    def _replica(self, n: int, port: int | None = None) -> MaxServe:
+        server = MaxServe(
+            self.checkpoint,
+            ["--devices", "cpu"],
+            log_path=self.workdir / f"r{n + 1}-{time.monotonic_ns()}.log",
+        )
+        if port is not None:  # the balancer knows the replica by its address
+            server.port = port
+            server.url = f"http://127.0.0.1:{port}"
+            server.args[server.args.index("--port") + 1] = str(port)
+        return server
+
+    def start(self) -> Cluster:
+        for n in range(2):  # one after the other: the second hits the cache
+            self.replicas.append(self._replica(n).start())
+        self.lb = HAProxy([f"127.0.0.1:{r.port}" for r in self.replicas], self.workdir)
+        self.lb.start()
+        return self
+
+    def ensure_up(self) -> None:
+        """Both replicas serving and in rotation (restarts a stopped one)."""
+        for n, server in enumerate(self.replicas):
+            if server.process is None or server.process.poll() is not None:
+                server.stop()
+                self.replicas[n] = self._replica(n, server.port).start()
+            self.lb.enable(f"r{n + 1}")
+        deadline = time.monotonic() + 30
+        while any(self.lb.status(s) != "UP" for s in self.lb.servers):
+            assert time.monotonic() < deadline, "replicas not back UP in haproxy"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.lb:
+            self.lb.stop()
+        for server in self.replicas:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(checkpoints, tmp_path_factory):
+    cluster = Cluster(checkpoints["distilgpt2"], tmp_path_factory.mktemp("failover"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoints, tokenizer):
+    return greedy_texts(checkpoints["distilgpt2"], tokenizer, PROMPTS, MAX_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def expected_stream(checkpoints, tokenizer):
+    return greedy_texts(
+        checkpoints["distilgpt2"], tokenizer, PROMPTS[:1], STREAM_TOKENS
+    )[0]
+
+
+def report(name: str, **figures) -> None:
+    """Figures for the closing note, printed with `-s`."""
+    print(f"\n[{name}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+def test_sigkill_mid_load_loses_and_changes_nothing(cluster, expected):
+    cluster.ensure_up()
+    lb, victim = cluster.lb, cluster.replicas[0]
+    killed: dict[str, float] = {}
+
+    def kill_once_busy(done: int) -> None:
+        # A third of the way in, once r1 holds requests: kill its whole group.
+        if killed or done < REQUESTS // 3 or lb.open_requests("r1") == 0:
+            return
+        killed["at"] = time.monotonic()
+        os.killpg(victim.process.pid, signal.SIGKILL)
+        killed["open_on_r1"] = lb.open_requests("r1")
+
+    started = time.monotonic()
+    answers = run_load(
+        lb.url,
+        cluster.checkpoint.as_posix(),
+        PROMPTS,
+        requests_total=REQUESTS,
+        concurrency=CONCURRENCY,
+        max_tokens=MAX_TOKENS,
+        on_answer=kill_once_busy,
+    )
+    wall = time.monotonic() - started
+    assert killed, "the load ended before r1 held a request; nothing was killed"
+    while group_alive(victim.process.pid):
+        time.sleep(0.05)
+    gone = time.monotonic() - killed["at"]
+    while lb.status("r1") != "DOWN":
+        assert time.monotonic() - killed["at"] < 30
+        time.sleep(0.05)
+    down = time.monotonic() - killed["at"]
+
+    failed = [a for a in answers if a.error]
+    changed = [
+        a for a in answers if a.text is not None and a.text != expected[a.prompt]
+    ]
+    report(
+        "sigkill",
+        sent=len(answers),
+        failed=len(failed),
+        changed=len(changed),
+        open_on_r1_at_kill=killed["open_on_r1"],
+        retried=lb.stats("r1")["wretr"] + "+" + lb.stats("r2")["wretr"],
+        redispatched=lb.stats("r1")["wredis"],
+        group_gone_s=f"{gone:.2f}",
+        marked_down_s=f"{down:.2f}",
+        load_wall_s=f"{wall:.1f}",
+    )
+    assert not failed, failed[:3]
+    assert not changed, changed[:3]
+
+
+def test_stream_cut_mid_way_is_an_error_not_done(cluster, expected_stream):
+    cluster.ensure_up()
+    lb = cluster.lb
+    stream = Stream()
+    reader = threading.Thread(
+        target=read_stream,
+        args=(lb.url, cluster.checkpoint.as_posix(), PROMPTS[0], STREAM_TOKENS, stream),
+    )
+    reader.start()
+    assert stream.first_event.wait(120), "no event streamed"
+    assert stream.replica in ("r1", "r2"), stream
+    victim = cluster.replicas[int(stream.replica[1:]) - 1]
+    events_before_kill = stream.events
+    os.killpg(victim.process.pid, signal.SIGKILL)
+    reader.join(60)
+    assert not reader.is_alive()
+    report(
+        "stream-cut",
+        replica=stream.replica,
+        events_before_kill=events_before_kill,
+        events=stream.events,
+        done=stream.done,
+        error=stream.error,
+    )
+    assert not stream.done, "a cut stream ended in [DONE]"
+    assert stream.error, "a cut stream ended without an error"
+    assert len(stream.text) < len(expected_stream), "the stream was not cut"
+    assert expected_stream.startswith(stream.text)
+
+
+def stream_on(lb, model, prompt, replica, tokens):
+    """Streams started until one lands on `replica`; all of them, reading."""
+    streams, threads = [], []
+    for _ in range(4):
+        stream = Stream()
+        thread = threading.Thread(
+            target=read_stream,
+            args=(lb.url, model, prompt, tokens, stream),
+        )
+        thread.start()
+        assert stream.first_event.wait(120), "no event streamed"
+        streams.append(stream)
+        threads.append(thread)
+        if stream.replica == replica:
+            return streams, threads
+    raise AssertionError(f"no stream of 4 landed on {replica}")
+
+
+def test_sigterm_without_drain(cluster, expected_stream):
+    """What MAX 26.7 does with the requests it holds when told to stop."""
+    cluster.ensure_up()
+    lb, victim = cluster.lb, cluster.replicas[0]
+    model = cluster.checkpoint.as_posix()
+    streams, threads = stream_on(lb, model, PROMPTS[0], "r1", STREAM_TOKENS)
+    on_victim = [s for s in streams if s.replica == "r1"]
+    sent = time.monotonic()
+    os.kill(victim.process.pid, signal.SIGTERM)  # as Kubernetes does: PID 1 only
+    for thread in threads:
+        thread.join(120)
+    while group_alive(victim.process.pid):
+        assert time.monotonic() - sent < 60, "max serve still running 60 s on"
+        time.sleep(0.1)
+    report(
+        "sigterm-no-drain",
+        streams_on_r1=len(on_victim),
+        finished=sum(s.done for s in on_victim),
+        cut=sum(bool(s.error) for s in on_victim),
+        stopped_s=f"{time.monotonic() - sent:.2f}",
+        errors=[s.error for s in on_victim],
+    )
+    # Pins MAX 26.7's behaviour that docs/DEPLOY.md relies on: a SIGTERM
+    # ends the streams a replica holds, so the balancer must drain first.
+    assert all(s.error and not s.done for s in on_victim)
+
+
+def test_drain_then_sigterm_finishes_everything(cluster, expected, expected_stream):
+    cluster.ensure_up()
+    lb, victim = cluster.lb, cluster.replicas[0]
+    model = cluster.checkpoint.as_posix()
+    streams, threads = stream_on(lb, model, PROMPTS[0], "r1", STREAM_TOKENS)
+    timings: dict[str, float] = {}
+
+    def drain_and_stop(done: int) -> None:
+        if timings or done < REQUESTS // 3:
+            return
+        timings["drain_at"] = time.monotonic()
+        timings["drain_s"] = lb.drain("r1")
+        sent = time.monotonic()
+        os.kill(victim.process.pid, signal.SIGTERM)
+        while group_alive(victim.process.pid):
+            time.sleep(0.05)
+        timings["stop_s"] = time.monotonic() - sent
+
+    answers = run_load(
+        lb.url,
+        model,
+        PROMPTS,
+        requests_total=REQUESTS,
+        concurrency=CONCURRENCY,
+        max_tokens=MAX_TOKENS,
+        on_answer=drain_and_stop,
+    )
+    for thread in threads:
+        thread.join(120)
+    assert timings, "the load ended before the drain"
+    failed = [a for a in answers if a.error]
+    changed = [
+        a for a in answers if a.text is not None and a.text != expected[a.prompt]
+    ]
+    after = [
+        a for a in answers if a.started > timings["drain_at"] and a.replica == "r1"
+    ]
+    report(
+        "drain-then-sigterm",
+        sent=len(answers),
+        failed=len(failed),
+        changed=len(changed),
+        streams=len(streams),
+        streams_done=sum(s.done for s in streams),
+        drain_s=f"{timings.get('drain_s', float('nan')):.2f}",
+        stop_s=f"{timings.get('stop_s', float('nan')):.2f}",
+    )
+    assert not failed, failed[:3]
+    assert not changed, changed[:3]
+    assert all(s.done and not s.error for s in streams), streams
+    assert all(s.text == expected_stream for s in streams)
+    assert not after, "r1 got requests after it was drained"
