@@ -15,7 +15,7 @@ if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
         bookworm "$root" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
     tar -C "$root" -c . | podman import - "$base"
 fi
-set -- --format docker --isolation "${ISOLATION:-chroot}" --network host \
+set -- --layers --format docker --isolation "${ISOLATION:-chroot}" --network host \
     --build-arg BASE="$base" -f deploy/Containerfile -t "$tag"
 if [ -n "${WHEELS:-}" ]; then
     set -- "$@" -v "$(realpath "$WHEELS"):/wheels:ro" \

@@ -39,7 +39,7 @@ PROMPTS = [
     "Gulls argued over scraps while",
 ]
 MAX_TOKENS = 24
-STREAM_TOKENS = 160
+STREAM_TOKENS = 384
 REQUESTS = 60
 CONCURRENCY = 6
 
@@ -57,8 +57,16 @@ def greedy_texts(checkpoint, tokenizer, prompts, steps):
     return texts
 
 
+# MAX 26.7 lets in-flight requests finish for this long after SIGTERM
+# (MAX_SERVE_GRACEFUL_SHUTDOWN_TIMEOUT_S, default 5 s), then cancels them.
+GRACE = "MAX_SERVE_GRACEFUL_SHUTDOWN_TIMEOUT_S"
+LONG_GRACE = 60  # what deploy/ ships: longer than any request here
+SHORT_GRACE = 1  # shorter than a stream here
+
+
 class Cluster:
-    """Two replicas and the balancer; a stopped replica can be started again."""
+    """Two replicas and the balancer; a stopped replica can be started again,
+    r1 with a shutdown grace of the test's choosing."""
 
     def __init__(self, checkpoint, workdir) -> None:
         self.checkpoint = checkpoint
@@ -66,11 +74,12 @@ class Cluster:
         self.replicas: list[MaxServe] = []
         self.lb: HAProxy | None = None
 
-    def _replica(self, n: int, port: int | None = None) -> MaxServe:
+    def _replica(self, n: int, grace: int, port: int | None = None) -> MaxServe:
         server = MaxServe(
             self.checkpoint,
             ["--devices", "cpu"],
             log_path=self.workdir / f"r{n + 1}-{time.monotonic_ns()}.log",
+            env={GRACE: str(grace)},
         )
         if port is not None:  # the balancer knows the replica by its address
             server.port = port
@@ -80,17 +89,20 @@ class Cluster:
 
     def start(self) -> Cluster:
         for n in range(2):  # one after the other: the second hits the cache
-            self.replicas.append(self._replica(n).start())
+            self.replicas.append(self._replica(n, LONG_GRACE).start())
         self.lb = HAProxy([f"127.0.0.1:{r.port}" for r in self.replicas], self.workdir)
         self.lb.start()
         return self
 
-    def ensure_up(self) -> None:
-        """Both replicas serving and in rotation (restarts a stopped one)."""
+    def ensure_up(self, r1_grace: int = LONG_GRACE) -> None:
+        """Both replicas serving and in rotation: a stopped one, or r1 with
+        another grace, is (re)started."""
         for n, server in enumerate(self.replicas):
-            if server.process is None or server.process.poll() is not None:
+            grace = r1_grace if n == 0 else LONG_GRACE
+            stopped = server.process is None or server.process.poll() is not None
+            if stopped or server.env[GRACE] != str(grace):
                 server.stop()
-                self.replicas[n] = self._replica(n, server.port).start()
+                self.replicas[n] = self._replica(n, grace, server.port).start()
             self.lb.enable(f"r{n + 1}")
         deadline = time.monotonic() + 30
         while any(self.lb.status(s) != "UP" for s in self.lb.servers):
@@ -125,6 +137,19 @@ def expected_stream(checkpoints, tokenizer):
     )[0]
 
 
+def seconds_until(since: float, *conditions, timeout: float = 60.0) -> list[float]:
+    """For each condition, the seconds from `since` until it first held."""
+    times: list[float | None] = [None] * len(conditions)
+    while None in times:
+        now = time.monotonic()
+        assert now - since < timeout, f"not all conditions held in {timeout:.0f}s"
+        for n, condition in enumerate(conditions):
+            if times[n] is None and condition():
+                times[n] = now - since
+        time.sleep(0.05)
+    return times
+
+
 def report(name: str, **figures) -> None:
     """Figures for the closing note, printed with `-s`."""
     print(f"\n[{name}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
@@ -139,9 +164,9 @@ def test_sigkill_mid_load_loses_and_changes_nothing(cluster, expected):
         # A third of the way in, once r1 holds requests: kill its whole group.
         if killed or done < REQUESTS // 3 or lb.open_requests("r1") == 0:
             return
+        killed["open_on_r1"] = lb.open_requests("r1")
         killed["at"] = time.monotonic()
         os.killpg(victim.process.pid, signal.SIGKILL)
-        killed["open_on_r1"] = lb.open_requests("r1")
 
     started = time.monotonic()
     answers = run_load(
@@ -155,13 +180,11 @@ def test_sigkill_mid_load_loses_and_changes_nothing(cluster, expected):
     )
     wall = time.monotonic() - started
     assert killed, "the load ended before r1 held a request; nothing was killed"
-    while group_alive(victim.process.pid):
-        time.sleep(0.05)
-    gone = time.monotonic() - killed["at"]
-    while lb.status("r1") != "DOWN":
-        assert time.monotonic() - killed["at"] < 30
-        time.sleep(0.05)
-    down = time.monotonic() - killed["at"]
+    gone, down = seconds_until(
+        killed["at"],
+        lambda: not group_alive(victim.process.pid),
+        lambda: lb.status("r1") == "DOWN",
+    )
 
     failed = [a for a in answers if a.error]
     changed = [
@@ -231,50 +254,24 @@ def stream_on(lb, model, prompt, replica, tokens):
     raise AssertionError(f"no stream of 4 landed on {replica}")
 
 
-def test_sigterm_without_drain(cluster, expected_stream):
-    """What MAX 26.7 does with the requests it holds when told to stop."""
-    cluster.ensure_up()
-    lb, victim = cluster.lb, cluster.replicas[0]
-    model = cluster.checkpoint.as_posix()
-    streams, threads = stream_on(lb, model, PROMPTS[0], "r1", STREAM_TOKENS)
-    on_victim = [s for s in streams if s.replica == "r1"]
-    sent = time.monotonic()
-    os.kill(victim.process.pid, signal.SIGTERM)  # as Kubernetes does: PID 1 only
-    for thread in threads:
-        thread.join(120)
-    while group_alive(victim.process.pid):
-        assert time.monotonic() - sent < 60, "max serve still running 60 s on"
-        time.sleep(0.1)
-    report(
-        "sigterm-no-drain",
-        streams_on_r1=len(on_victim),
-        finished=sum(s.done for s in on_victim),
-        cut=sum(bool(s.error) for s in on_victim),
-        stopped_s=f"{time.monotonic() - sent:.2f}",
-        errors=[s.error for s in on_victim],
-    )
-    # Pins MAX 26.7's behaviour that docs/DEPLOY.md relies on: a SIGTERM
-    # ends the streams a replica holds, so the balancer must drain first.
-    assert all(s.error and not s.done for s in on_victim)
-
-
-def test_drain_then_sigterm_finishes_everything(cluster, expected, expected_stream):
-    cluster.ensure_up()
+def sigterm_under_load(cluster, expected, *, drain_first: bool):
+    """Streams (one on r1) and a bounded non-streaming load; once the first
+    wave is answered, r1 gets SIGTERM (after a drain in HAProxy if asked)."""
     lb, victim = cluster.lb, cluster.replicas[0]
     model = cluster.checkpoint.as_posix()
     streams, threads = stream_on(lb, model, PROMPTS[0], "r1", STREAM_TOKENS)
     timings: dict[str, float] = {}
 
-    def drain_and_stop(done: int) -> None:
-        if timings or done < REQUESTS // 3:
+    def stop_r1(done: int) -> None:
+        if timings or done < CONCURRENCY:  # the first wave is answered
             return
         timings["drain_at"] = time.monotonic()
-        timings["drain_s"] = lb.drain("r1")
+        timings["drain_s"] = lb.drain("r1") if drain_first else 0.0
         sent = time.monotonic()
-        os.kill(victim.process.pid, signal.SIGTERM)
-        while group_alive(victim.process.pid):
-            time.sleep(0.05)
-        timings["stop_s"] = time.monotonic() - sent
+        os.kill(victim.process.pid, signal.SIGTERM)  # as Kubernetes does: PID 1
+        (timings["stop_s"],) = seconds_until(
+            sent, lambda: not group_alive(victim.process.pid), timeout=LONG_GRACE + 30
+        )
 
     answers = run_load(
         lb.url,
@@ -283,30 +280,72 @@ def test_drain_then_sigterm_finishes_everything(cluster, expected, expected_stre
         requests_total=REQUESTS,
         concurrency=CONCURRENCY,
         max_tokens=MAX_TOKENS,
-        on_answer=drain_and_stop,
+        on_answer=stop_r1,
     )
     for thread in threads:
-        thread.join(120)
-    assert timings, "the load ended before the drain"
-    failed = [a for a in answers if a.error]
-    changed = [
-        a for a in answers if a.text is not None and a.text != expected[a.prompt]
-    ]
+        thread.join(LONG_GRACE + 30)
+    assert timings, "the load ended before r1 was stopped"
+    return answers, streams, timings
+
+
+def summary(answers, streams, timings, expected, expected_stream) -> dict:
+    return {
+        "sent": len(answers),
+        "failed": sum(bool(a.error) for a in answers),
+        "changed": sum(
+            a.text is not None and a.text != expected[a.prompt] for a in answers
+        ),
+        "streams": len(streams),
+        "streams_on_r1": sum(s.replica == "r1" for s in streams),
+        "streams_done_whole": sum(
+            s.done and s.text == expected_stream for s in streams
+        ),
+        "streams_cut": sum(bool(s.error) for s in streams),
+        "drain_s": f"{timings['drain_s']:.2f}",
+        "stop_s": f"{timings['stop_s']:.2f}",
+    }
+
+
+def test_sigterm_within_grace_finishes_in_flight(cluster, expected, expected_stream):
+    """MAX 26.7 on SIGTERM stops accepting and lets what it holds finish,
+    for up to its grace period; HAProxy retries what it refuses."""
+    cluster.ensure_up(r1_grace=LONG_GRACE)
+    answers, streams, timings = sigterm_under_load(cluster, expected, drain_first=False)
+    figures = summary(answers, streams, timings, expected, expected_stream)
+    report("sigterm-within-grace", **figures)
+    assert figures["failed"] == 0, [a.error for a in answers if a.error][:3]
+    assert figures["changed"] == 0
+    assert figures["streams_done_whole"] == len(streams), streams
+
+
+def test_sigterm_past_grace_cuts_streams_with_an_error(
+    cluster, expected, expected_stream
+):
+    """Past the grace period MAX cancels what it holds: a stream ends in an
+    error the client sees, never in [DONE]; non-streaming requests are
+    retried by HAProxy on the other replica."""
+    cluster.ensure_up(r1_grace=SHORT_GRACE)
+    answers, streams, timings = sigterm_under_load(cluster, expected, drain_first=False)
+    figures = summary(answers, streams, timings, expected, expected_stream)
+    report("sigterm-past-grace", **figures)
+    on_r1 = [s for s in streams if s.replica == "r1"]
+    assert on_r1 and all(s.error and not s.done for s in on_r1), on_r1
+    assert all(expected_stream.startswith(s.text) for s in on_r1)
+    assert figures["failed"] == 0, [a.error for a in answers if a.error][:3]
+    assert figures["changed"] == 0
+
+
+def test_drain_then_sigterm_finishes_everything(cluster, expected, expected_stream):
+    """Drained in HAProxy first, r1 is stopped only once it holds nothing:
+    even a 1 s grace loses nothing, and r1 gets no request after the drain."""
+    cluster.ensure_up(r1_grace=SHORT_GRACE)
+    answers, streams, timings = sigterm_under_load(cluster, expected, drain_first=True)
+    figures = summary(answers, streams, timings, expected, expected_stream)
+    report("drain-then-sigterm", **figures)
     after = [
         a for a in answers if a.started > timings["drain_at"] and a.replica == "r1"
     ]
-    report(
-        "drain-then-sigterm",
-        sent=len(answers),
-        failed=len(failed),
-        changed=len(changed),
-        streams=len(streams),
-        streams_done=sum(s.done for s in streams),
-        drain_s=f"{timings.get('drain_s', float('nan')):.2f}",
-        stop_s=f"{timings.get('stop_s', float('nan')):.2f}",
-    )
-    assert not failed, failed[:3]
-    assert not changed, changed[:3]
-    assert all(s.done and not s.error for s in streams), streams
-    assert all(s.text == expected_stream for s in streams)
+    assert figures["failed"] == 0, [a.error for a in answers if a.error][:3]
+    assert figures["changed"] == 0
+    assert figures["streams_done_whole"] == len(streams), streams
     assert not after, "r1 got requests after it was drained"
