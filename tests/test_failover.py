@@ -160,13 +160,29 @@ def test_sigkill_mid_load_loses_and_changes_nothing(cluster, expected):
     lb, victim = cluster.lb, cluster.replicas[0]
     killed: dict[str, float] = {}
 
+    once = threading.Lock()
+
     def kill_once_busy(done: int) -> None:
         # A third of the way in, once r1 holds requests: kill its whole group.
-        if killed or done < REQUESTS // 3 or lb.open_requests("r1") == 0:
-            return
-        killed["open_on_r1"] = lb.open_requests("r1")
-        killed["at"] = time.monotonic()
-        os.killpg(victim.process.pid, signal.SIGKILL)
+        with once:
+            if killed or done < REQUESTS // 3:
+                return
+            killed["open_on_r1"] = lb.open_requests("r1")
+            if killed["open_on_r1"] == 0:
+                del killed["open_on_r1"]
+                return
+            killed["at"] = time.monotonic()
+            os.killpg(victim.process.pid, signal.SIGKILL)
+        watcher.start()  # times the kill while the load goes on
+
+    def time_the_kill() -> None:
+        killed["gone_s"], killed["down_s"] = seconds_until(
+            killed["at"],
+            lambda: not group_alive(victim.process.pid),
+            lambda: lb.status("r1") == "DOWN",
+        )
+
+    watcher = threading.Thread(target=time_the_kill)
 
     started = time.monotonic()
     answers = run_load(
@@ -180,11 +196,7 @@ def test_sigkill_mid_load_loses_and_changes_nothing(cluster, expected):
     )
     wall = time.monotonic() - started
     assert killed, "the load ended before r1 held a request; nothing was killed"
-    gone, down = seconds_until(
-        killed["at"],
-        lambda: not group_alive(victim.process.pid),
-        lambda: lb.status("r1") == "DOWN",
-    )
+    watcher.join(70)
 
     failed = [a for a in answers if a.error]
     changed = [
@@ -198,8 +210,8 @@ def test_sigkill_mid_load_loses_and_changes_nothing(cluster, expected):
         open_on_r1_at_kill=killed["open_on_r1"],
         retried=lb.stats("r1")["wretr"] + "+" + lb.stats("r2")["wretr"],
         redispatched=lb.stats("r1")["wredis"],
-        group_gone_s=f"{gone:.2f}",
-        marked_down_s=f"{down:.2f}",
+        group_gone_s=f"{killed['gone_s']:.2f}",
+        marked_down_s=f"{killed['down_s']:.2f}",
         load_wall_s=f"{wall:.1f}",
     )
     assert not failed, failed[:3]
@@ -262,9 +274,11 @@ def sigterm_under_load(cluster, expected, *, drain_first: bool):
     streams, threads = stream_on(lb, model, PROMPTS[0], "r1", STREAM_TOKENS)
     timings: dict[str, float] = {}
 
+    once = threading.Lock()
+
     def stop_r1(done: int) -> None:
-        if timings or done < CONCURRENCY:  # the first wave is answered
-            return
+        if done < CONCURRENCY or not once.acquire(blocking=False):
+            return  # before the first wave is answered, or already done
         timings["drain_at"] = time.monotonic()
         timings["drain_s"] = lb.drain("r1") if drain_first else 0.0
         sent = time.monotonic()
