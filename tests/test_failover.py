@@ -25,10 +25,7 @@ from gpt2_max.server import MaxServe, group_alive
 
 from .failover_load import Stream, read_stream, run_load
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy"),
-]
+pytestmark = pytest.mark.slow
 
 PROMPTS = [
     "The harbour was quiet in the early morning",
@@ -118,6 +115,8 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(checkpoints, tmp_path_factory):
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is not installed (Debian: apt-get install haproxy)")
     cluster = Cluster(checkpoints["distilgpt2"], tmp_path_factory.mktemp("failover"))
     try:
         yield cluster.start()
