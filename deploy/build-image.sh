@@ -14,6 +14,7 @@ if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,curl \
         bookworm "$root" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
     tar -C "$root" -c . | podman import - "$base"
+    rm -rf "$root"
 fi
 set -- --layers --format docker --isolation "${ISOLATION:-chroot}" --network host \
     --build-arg BASE="$base" -f deploy/Containerfile -t "$tag"
