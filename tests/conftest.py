@@ -26,6 +26,27 @@ TEXT = (
 )
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--failover",
+        action="store_true",
+        help="also run the HAProxy failover tests (two max serve replicas, "
+        "about 10 minutes on 2 cores; needs Debian's haproxy)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `failover` run only with `--failover`: left out of the
+    default suite (not skipped), as CI's time budget asks."""
+    if config.getoption("--failover"):
+        return
+    chosen = [item for item in items if not item.get_closest_marker("failover")]
+    if len(chosen) != len(items):
+        left = [item for item in items if item.get_closest_marker("failover")]
+        config.hook.pytest_deselected(items=left)
+        items[:] = chosen
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from transformers import GPT2Tokenizer

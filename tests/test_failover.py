@@ -27,7 +27,7 @@ from gpt2_max.server import MaxServe, group_alive
 
 from .failover_load import Stream, read_stream, run_load
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.failover]
 
 PROMPTS = [
     "The harbour was quiet in the early morning",
