@@ -10,9 +10,35 @@ factory as the launcher does, with settings from the environment.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# Every route MAX can build: all API types, and /metrics (telemetry on,
+# metrics recorded in the API server's own event loop).
+EVERY_ROUTE_ENV = {
+    "MAX_SERVE_API_TYPES": '["openai", "sagemaker", "kserve", "responses"]',
+    "MAX_SERVE_DISABLE_TELEMETRY": "0",
+    "MAX_SERVE_METRIC_RECORDING_METHOD": "ASYNCIO",
+}
+
+
+def run_probe(*args: str, env: dict[str, str] | None = None) -> Any:
+    """This module run in a fresh interpreter; `env` added to this one's."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environ.setdefault("MAX_SERVE_DISABLE_TELEMETRY", "1")
+    for name in ("GPT2_MAX_TRACEBACK", "GPT2_MAX_API_KEY", "GPT2_MAX_API_KEY_FILE"):
+        environ.pop(name, None)
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "tests.max_serve_app", *args],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=environ,
+        check=False,
+    )  # fmt: skip
 
 
 def describe_app(factory_moved: bool = False) -> dict[str, Any]:

@@ -8,11 +8,7 @@ package as `max serve` does.
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import click
 import pytest
@@ -26,30 +22,13 @@ from gpt2_lmhead_model.serving.install import (
     max_version,
     patch_app_factory,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_probe(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MAX_SERVE_DISABLE_TELEMETRY": "1"}
-    env.pop("GPT2_MAX_TRACEBACK", None)
-    return subprocess.run(
-        [sys.executable, "-m", "tests.max_serve_app", *args],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env, check=False,
-    )  # fmt: skip
+from tests.max_serve_app import run_probe
 
 
-@pytest.fixture(scope="module")
-def served_app() -> dict:
-    """What the app `max serve` builds looks like with the package imported."""
-    result = run_probe()
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
-
-
-def test_max_serve_app_gets_the_request_checks(served_app):
-    assert served_app["factory_installed"]
-    assert "OpenAIRequestChecks" in served_app["middleware"]
+def test_max_serve_app_gets_the_guard_then_the_request_checks(max_serve_app):
+    assert max_serve_app["factory_installed"]
+    # Outermost first: nothing reaches the checks (or MAX) past the guard.
+    assert max_serve_app["middleware"][:2] == ["RouteGuard", "OpenAIRequestChecks"]
 
 
 def test_moved_factory_stops_max_serve_with_one_line():

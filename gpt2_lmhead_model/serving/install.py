@@ -37,7 +37,11 @@ LOGPROBS_MODULE = "max.pipelines.lib.log_probabilities"
 INSTALLED_MARK = "gpt2_request_checks"
 
 
-class ServingInstallError(RuntimeError):
+class StartUpError(RuntimeError):
+    """`max serve` cannot start as set up; the message is the one line shown."""
+
+
+class ServingInstallError(StartUpError):
     """This package cannot hook into the `max serve` it runs in."""
 
 
@@ -209,7 +213,7 @@ def _cause(error: BaseException) -> str:
     link: BaseException | None = error
     seen: set[int] = set()
     while link is not None and id(link) not in seen:
-        if isinstance(link, CheckpointError | ServingInstallError):
+        if isinstance(link, CheckpointError | StartUpError):
             return str(link)
         seen.add(id(link))
         link = link.__cause__ or link.__context__

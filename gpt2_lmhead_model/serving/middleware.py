@@ -1,7 +1,8 @@
 """The ASGI middleware `max serve`'s app gets: each generating route's
 request checked first, then its answer rewritten.
 
-For each route in `GENERATING_ROUTES`:
+For each route `routes.ROUTES` lists as generating (`/v1/completions`,
+`/v1/chat/completions` and its SageMaker alias `/invocations`):
 - the body is checked (`request_checks`); a bad one gets a 4xx naming the
   field and the value, and anything that passes reaches MAX as sent;
 - with `stop`, each choice's text ends before the first stop string
@@ -24,17 +25,10 @@ from .logprobs_layout import (
     needs_layout,
 )
 from .request_checks import Endpoint, RequestError, check_request
+from .routes import GENERATING_ROUTES, route_path
 from .stop_strings import cut_event, cut_response, stop_strings_of
 
 ASGIApp = Callable[..., Any]
-
-COMPLETIONS = "/v1/completions"
-CHAT_COMPLETIONS = "/v1/chat/completions"
-# Path -> the request layout it takes.
-GENERATING_ROUTES = {
-    COMPLETIONS: Endpoint.COMPLETIONS,
-    CHAT_COMPLETIONS: Endpoint.CHAT,
-}
 
 
 class OpenAIRequestChecks:
@@ -44,8 +38,12 @@ class OpenAIRequestChecks:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        endpoint = GENERATING_ROUTES.get(scope.get("path", ""))
-        if scope["type"] != "http" or scope["method"] != "POST" or endpoint is None:
+        endpoint = (
+            GENERATING_ROUTES.get(route_path(scope))
+            if scope["type"] == "http"
+            else None
+        )
+        if endpoint is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         app = scope["app"]
@@ -147,7 +145,10 @@ def _rewriting_send(
     return send_cut
 
 
-async def send_error(send: Any, error: RequestError) -> None:
+async def send_error(
+    send: Any, error: RequestError, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """`error` as a JSON answer in OpenAI's error layout."""
     body = error.body()
     await send(
         {
@@ -156,6 +157,7 @@ async def send_error(send: Any, error: RequestError) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *(headers or []),
             ],
         }
     )
