@@ -106,6 +106,9 @@ INVOCATION_REFUSALS = [
 
 @pytest.mark.parametrize("body", INVOCATION_REFUSALS, ids=lambda b: str(b)[:40])
 def test_invocations_refuses_what_chat_completions_refuses(server, body):
+    # With the served model named, MAX itself would accept most of these
+    # (`n: 2` answered with one choice, `seed: 0` ignored).
+    body = {"model": server.model, **body}
     answers = []
     for path in ("/v1/chat/completions", "/invocations"):
         r = requests.post(
@@ -117,7 +120,8 @@ def test_invocations_refuses_what_chat_completions_refuses(server, body):
 
 
 def test_invocations_cuts_at_stop_strings_as_chat_completions(server):
-    body = {"messages": CHAT, "max_tokens": 12, "temperature": 0}
+    body = {"model": server.model, "messages": CHAT, "max_tokens": 12}
+    body["temperature"] = 0
     whole = requests.post(
         server.url + "/v1/chat/completions", json=body, headers=server.headers,
         timeout=120,
@@ -131,6 +135,8 @@ def test_invocations_cuts_at_stop_strings_as_chat_completions(server):
         ).json()["choices"][0]
         for path in ("/v1/chat/completions", "/invocations")
     ]
+    # MAX 26.7 cuts a whole chat answer at a stop string itself: this
+    # checks the two routes agree, the refusals above that both are checked.
     for choice in answers:
         assert choice["message"]["content"] == whole[: whole.index(stop)]
         assert choice["finish_reason"] == "stop"
