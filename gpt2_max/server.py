@@ -20,6 +20,9 @@ SERVE_ENV = {
 
 
 METRIC_RECORDING = "MAX_SERVE_METRIC_RECORDING_METHOD"
+# The API key's settings (gpt2_lmhead_model/serving/api_key.py).
+API_KEY_ENV = "GPT2_MAX_API_KEY"
+API_KEY_FILE_ENV = "GPT2_MAX_API_KEY_FILE"
 
 
 def unread_metrics_off(environ: Mapping[str, str]) -> dict[str, str]:
@@ -153,7 +156,10 @@ class MaxServe(ServerProcess):
         unset_env: Sequence[str] = (),
         cwd: str | Path | None = None,
         max_executable: str = "max",
+        api_key: str | None = None,
     ) -> None:
+        """`api_key`: the key the server requires (`GPT2_MAX_API_KEY`, passed
+        in its environment, never on its command line); None: no key."""
         port = free_port()
         arch = ["--custom-architectures", custom_architectures]
         args = [
@@ -166,6 +172,13 @@ class MaxServe(ServerProcess):
         ]  # fmt: skip
         env = dict(env or {})
         env.update(unread_metrics_off({**os.environ, **env}))
+        if api_key is not None:
+            env[API_KEY_ENV] = api_key
+        # A key in this process's environment is not the test's or the
+        # benchmark's: the server gets the one asked for, or none.
+        keys = (API_KEY_ENV, API_KEY_FILE_ENV)
+        unset_env = [*unset_env, *(name for name in keys if name not in env)]
+        self.api_key = api_key
         super().__init__(
             args,
             str(model_path),
@@ -175,6 +188,11 @@ class MaxServe(ServerProcess):
             unset_env=unset_env,
             cwd=cwd,
         )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers a request needs to be let in."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 def group_pids(pgid: int) -> list[int]:

@@ -26,7 +26,66 @@ TEXT = (
 )
 
 
-def pytest_addoption(parser):
+SERVE_API_KEY = "sk-gpt2-max-tests-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def server(request, checkpoints, tmp_path_factory):
+    """One `max serve` of the DistilGPT2-shaped fixture for the session;
+    with `--serve-api-key`, it requires `SERVE_API_KEY`."""
+    from gpt2_max.server import MaxServe
+
+    key = SERVE_API_KEY if request.config.getoption("--serve-api-key") else None
+    log = tmp_path_factory.mktemp("serve") / "max-serve.log"
+    srv = MaxServe(
+        checkpoints["distilgpt2"], ["--devices", "cpu"], log_path=log, api_key=key
+    )
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def keyed_server(request, checkpoints, tmp_path_factory):
+    """A `max serve` that requires `SERVE_API_KEY`: the shared one under
+    `--serve-api-key`, else one of its own."""
+    from gpt2_max.server import MaxServe
+
+    if request.config.getoption("--serve-api-key"):
+        yield request.getfixturevalue("server")
+        return
+    log = tmp_path_factory.mktemp("serve-keyed") / "max-serve.log"
+    srv = MaxServe(
+        checkpoints["distilgpt2"],
+        ["--devices", "cpu"],
+        log_path=log,
+        api_key=SERVE_API_KEY,
+    )
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def max_serve_app() -> dict:
+    """The app `max serve` builds with the package imported, every route MAX
+    can add included, described without a model (`tests/max_serve_app.py`)."""
+    import json
+
+    from tests.max_serve_app import EVERY_ROUTE_ENV, run_probe
+
+    result = run_probe(env=EVERY_ROUTE_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--serve-api-key",
+        action="store_true",
+        help="start the shared `max serve` with an API key (tests/test_serve.py "
+        "and tests/test_serve_access.py then run against the key-on server)",
+    )
     parser.addoption(
         "--failover",
         action="store_true",

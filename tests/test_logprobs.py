@@ -23,7 +23,8 @@ import requests
 import torch
 from transformers import GPT2LMHeadModel
 
-from gpt2_lmhead_model.logprobs_api import MAX_TOP_LOGPROBS, token_bytes, token_string
+from gpt2_lmhead_model.serving.install import MAX_TOP_LOGPROBS
+from gpt2_lmhead_model.serving.logprobs_layout import token_bytes, token_string
 from gpt2_max.perplexity import api_token_logprobs, perplexity_of
 from gpt2_max.server import MaxServe
 from tests.conftest import TEXT

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from gpt2_lmhead_model.logprobs_api import (
+from gpt2_lmhead_model.serving.logprobs_layout import (
     CompletionLogprobsLayout,
     LogprobsMismatch,
-    check_logprobs_fields,
     forwarded_request,
     token_bytes,
 )
+from gpt2_lmhead_model.serving.request_checks import Endpoint, check_request
 from gpt2_max.perplexity import perplexity_of, windows
 
 
@@ -40,7 +40,14 @@ def test_perplexity_of_uniform_scorer_is_its_inverse_probability():
 
 def test_checks_name_the_flag_and_limits():
     def check(chat=False, echo_enabled=False, **request):
-        return check_logprobs_fields(chat, request, echo_enabled)
+        """The refused request's (status, message, param); None if it passes."""
+        endpoint = Endpoint.CHAT if chat else Endpoint.COMPLETIONS
+        body = json.dumps(request).encode()
+        result = check_request(endpoint, body, [], echo_enabled)
+        if isinstance(result, dict):
+            assert result == request
+            return None
+        return result.status, result.message, result.param
 
     status, message, param = check(echo=True, logprobs=1)
     assert (status, param) == (400, "echo") and "--enable-echo" in message

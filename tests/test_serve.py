@@ -1,8 +1,10 @@
 """`max serve` end to end: the OpenAI API over our architecture.
 
-One server for the module (DistilGPT2-shaped fixture), driven with the
-official `openai` client and raw HTTP; every answer is checked against
-`transformers`' greedy continuation of the same token ids.
+One server for the session (`server` in conftest.py, DistilGPT2-shaped
+fixture; with `--serve-api-key` it requires a key, which every request
+here sends), driven with the official `openai` client and raw HTTP; every
+answer is checked against `transformers`' greedy continuation of the same
+token ids.
 """
 
 from __future__ import annotations
@@ -35,17 +37,10 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def server(checkpoints, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve") / "max-serve.log"
-    srv = MaxServe(checkpoints["distilgpt2"], ["--devices", "cpu"], log_path=log)
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(
+        base_url=f"{server.url}/v1", api_key=server.api_key or "unused", max_retries=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -347,6 +342,7 @@ def test_prompt_longer_than_the_window_is_refused(server, tokenizer):
     r = requests.post(
         f"{server.url}/v1/completions",
         json={"model": server.model, "prompt": ids, "max_tokens": 4},
+        headers=server.headers,
         timeout=60,
     )
     assert r.status_code == 400
@@ -374,6 +370,14 @@ BAD_REQUESTS = [
         ["UTF-8"],
     ),
     ("empty body", "completions", b"", 400, ["empty"]),
+    (
+        "deeply nested JSON",
+        "completions",
+        b'{"prompt": ' + b"[" * 5000,
+        400,
+        ["not valid JSON", "nested too deep"],
+    ),
+    ("nested JSON array", "chat/completions", b"[" * 5000, 400, ["nested too deep"]),
     (
         "empty prompt",
         "completions",
@@ -470,7 +474,7 @@ def test_bad_request_is_refused_and_server_keeps_serving(
     r = requests.post(
         f"{server.url}/v1/{path}",
         data=body,
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **server.headers},
         timeout=60,
     )
     assert r.status_code == status, r.text

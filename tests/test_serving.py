@@ -6,22 +6,23 @@ import json
 
 import pytest
 
-from gpt2_lmhead_model.serving import (
-    CHAT_COMPLETIONS,
-    COMPLETIONS,
+from gpt2_lmhead_model.serving.request_checks import (
+    Endpoint,
     RequestError,
-    StopStrings,
-    _cut_event,
-    _cut_response,
     check_request,
+)
+from gpt2_lmhead_model.serving.stop_strings import (
+    StopStrings,
+    cut_event,
+    cut_response,
 )
 
 SERVED = ["my-model"]
 
 
-def check(body, path=COMPLETIONS):
+def check(body, endpoint=Endpoint.COMPLETIONS):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return check_request(path, raw, SERVED)
+    return check_request(endpoint, raw, SERVED)
 
 
 def test_a_good_request_passes_through_unchanged():
@@ -52,6 +53,13 @@ def test_a_good_request_passes_through_unchanged():
         ),
         (b'{"top_p": Infinity}', 400, None, "Infinity is not a JSON number"),
         (b"[1, 2]", 400, None, "must be a JSON object, got list"),
+        (b"[" * 5000, 400, None, "not valid JSON: arrays or objects nested too deep"),
+        (
+            b'{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            400,
+            None,
+            "nested too deep",
+        ),
         ({"model": "other", "prompt": "x"}, 404, "model", "'other' is not served here"),
         ({"prompt": ""}, 400, "prompt", "prompt must not be empty"),
         ({"prompt": ["a", ""]}, 400, "prompt", "prompt[1] must not be empty"),
@@ -89,7 +97,7 @@ def test_bad_requests_name_what_is_wrong(body, status, param, words):
 
 
 def test_chat_messages_must_not_be_empty():
-    error = check({"messages": []}, CHAT_COMPLETIONS)
+    error = check({"messages": []}, Endpoint.CHAT)
     assert isinstance(error, RequestError) and error.param == "messages"
 
 
@@ -112,7 +120,7 @@ def test_whole_response_is_cut_at_the_first_stop_string():
             ]
         }
     ).encode()
-    out = json.loads(_cut_response(body, StopStrings(["STOP", "two"]), chat=False))
+    out = json.loads(cut_response(body, StopStrings(["STOP", "two"]), chat=False))
     assert out["choices"][0]["text"] == "one "
     assert out["choices"][1] == {
         "index": 1,
@@ -131,13 +139,13 @@ def test_whole_response_is_cut_at_the_first_stop_string():
             ]
         }
     ).encode()
-    out = json.loads(_cut_response(chat, StopStrings(["\nUser:"]), chat=True))
+    out = json.loads(cut_response(chat, StopStrings(["\nUser:"]), chat=True))
     assert out["choices"][0]["message"]["content"] == "Sure."
     assert out["choices"][0]["finish_reason"] == "stop"
 
 
 def stream(pieces, stops, chat=False):
-    """Feeds text pieces through `_cut_event` as MAX's SSE chunks."""
+    """Feeds text pieces through `cut_event` as MAX's SSE chunks."""
     cut = StopStrings(stops)
     sent, reasons = [], []
     for i, piece in enumerate(pieces):
@@ -147,7 +155,7 @@ def stream(pieces, stops, chat=False):
             choice["delta"] = {"content": piece}
         else:
             choice["text"] = piece
-        event = _cut_event(
+        event = cut_event(
             b"data: " + json.dumps({"choices": [choice]}).encode(), cut, chat
         )
         if event is None:
@@ -173,7 +181,7 @@ def test_streamed_text_without_stop_is_sent_whole():
 
 def test_chunks_after_the_stop_are_dropped():
     cut = StopStrings(["X"])
-    first = _cut_event(
+    first = cut_event(
         b'data: {"choices": [{"index": 0, "text": "aXb", "finish_reason": null}]}',
         cut,
         False,
@@ -183,14 +191,14 @@ def test_chunks_after_the_stop_are_dropped():
         "text": "a",
         "finish_reason": "stop",
     }
-    after = _cut_event(
+    after = cut_event(
         b'data: {"choices": [{"index": 0, "text": "c", "finish_reason": "stop"}]}',
         cut,
         False,
     )
     assert after is None
-    assert _cut_event(b"data: [DONE]", cut, False) == b"data: [DONE]"
+    assert cut_event(b"data: [DONE]", cut, False) == b"data: [DONE]"
     usage = b'data: {"choices": [], "usage": {"completion_tokens": 3}}'
-    assert json.loads(_cut_event(usage, cut, False)[6:])["usage"] == {
+    assert json.loads(cut_event(usage, cut, False)[6:])["usage"] == {
         "completion_tokens": 3
     }

@@ -4,9 +4,9 @@ MAX 26.7.0 computes the numbers (the architecture's
 `compute_log_probabilities`) but its completions response carries only
 `token_logprobs` and `top_logprobs`: `tokens` and `text_offset` are null,
 `echo` does not echo the prompt, and the prompt's first token (which has
-no log-probability) is simply missing. This module is the request side
-(what is refused, what is forwarded) and the response side (OpenAI's
-layout) of that, used by the middleware in `serving.py`:
+no log-probability) is simply missing. This module is what is forwarded to
+MAX and how its response is rewritten to OpenAI's layout, used by the
+middleware (`middleware.py`; what is refused is in `request_checks.py`):
 - `echo` puts the prompt text before the completion, and with `logprobs`
   the prompt's tokens before the generated ones, the first one `null`;
 - `tokens` and `text_offset` are filled in for every entry;
@@ -26,81 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from max.pipelines.lib.log_probabilities import _MAX_TOP_LOGPROBS
-
 from . import sse
-
-MAX_TOP_LOGPROBS = _MAX_TOP_LOGPROBS
-ENABLE_ECHO_FLAG = "--enable-echo"
-
-# The shape `check_request` errors take: (status, message, param).
-Problem = tuple[int, str, str]
-
-
-def check_logprobs_fields(
-    chat: bool, request: dict[str, Any], echo_enabled: bool
-) -> Problem | None:
-    """What is wrong with the request's log-probability fields, if anything."""
-    if chat:
-        logprobs = request.get("logprobs")
-        if logprobs is not None and not isinstance(logprobs, bool):
-            return 400, f"logprobs must be true or false, got {logprobs!r}", "logprobs"
-        top = request.get("top_logprobs")
-        if top is not None:
-            if not _is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS:
-                return (
-                    400,
-                    f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], "
-                    f"got {top!r}",
-                    "top_logprobs",
-                )
-            if not logprobs:
-                return (
-                    400,
-                    "top_logprobs needs logprobs: true",
-                    "top_logprobs",
-                )
-        return None
-    logprobs = request.get("logprobs")
-    if logprobs is not None and (
-        not _is_int(logprobs) or not 0 <= logprobs <= MAX_TOP_LOGPROBS
-    ):
-        return (
-            400,
-            f"logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}] (the most "
-            f"top log-probabilities this server returns per token), got "
-            f"{logprobs!r}",
-            "logprobs",
-        )
-    echo = request.get("echo")
-    if echo is not None and not isinstance(echo, bool):
-        return 400, f"echo must be true or false, got {echo!r}", "echo"
-    if echo and logprobs and not echo_enabled:
-        return (
-            400,
-            "echo with logprobs needs the log-probabilities of the prompt's "
-            "tokens, which this server computes only when started with "
-            f"{ENABLE_ECHO_FLAG} (max serve ... {ENABLE_ECHO_FLAG})",
-            "echo",
-        )
-    if request.get("max_tokens") == 0 and not echo:
-        return (
-            400,
-            "max_tokens must be an integer >= 1, got 0 (0 is accepted only "
-            "with echo: true, to score the prompt)",
-            "max_tokens",
-        )
-    if request.get("stream") and request.get("max_tokens") == 0:
-        return (
-            400,
-            "max_tokens 0 is supported without streaming only; send stream: false",
-            "max_tokens",
-        )
-    return None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+from .request_checks import is_int
 
 
 def needs_layout(request: dict[str, Any]) -> bool:
@@ -343,6 +270,6 @@ def _prompts(prompt: Any) -> list[Any]:
     token-id list, or token-id lists."""
     if isinstance(prompt, str):
         return [prompt]
-    if isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
+    if isinstance(prompt, list) and prompt and all(is_int(t) for t in prompt):
         return [prompt]
     return list(prompt) if isinstance(prompt, list) else []
