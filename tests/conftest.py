@@ -83,8 +83,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--serve-api-key",
         action="store_true",
-        help="start the shared `max serve` with an API key (tests/test_serve.py "
-        "and tests/test_serve_access.py then run against the key-on server)",
+        help="start the shared `max serve` with an API key (tests/e2e/test_serve.py "
+        "and tests/e2e/test_serve_access.py then run against the key-on server)",
     )
     parser.addoption(
         "--failover",

@@ -20,8 +20,8 @@ from gpt2_max.parity import (
     transformers_greedy_decode,
 )
 
-from .conftest import prompts_for_window
-from .llama_cpp_gpt2 import dequantized_checkpoint
+from ..conftest import prompts_for_window
+from ..llama_cpp_gpt2 import dequantized_checkpoint
 from .test_gguf_parity import QUANTIZED, SMALL_CONFIG
 
 pytestmark = pytest.mark.slow

@@ -30,8 +30,8 @@ from gpt2_max.parity import (
     transformers_greedy_decode,
 )
 
-from .conftest import prompts_for_window
-from .llama_cpp_gpt2 import dequantized_checkpoint
+from ..conftest import prompts_for_window
+from ..llama_cpp_gpt2 import dequantized_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ SMALL_CONFIG = {
     "n_positions": 128,
     "n_ctx": 128,
 }
-TOLERANCE = 1e-4  # float32 GGUF: the safetensors bar (tests/test_parity.py)
+TOLERANCE = 1e-4  # float32 GGUF: the safetensors bar (tests/e2e/test_parity.py)
 DECODE_STEPS = 32
 STEPS = DECODE_STEPS + 1
 
@@ -53,7 +53,7 @@ STEPS = DECODE_STEPS + 1
 # when it ran on MAX's qmatmul; q8_0 0.95e-2 on `panel_q8_linear`, 99/99
 # tokens agreeing). It is the kernels' activation quantization, not the
 # weights': q6_k's weights round-trip 4x closer than q4_k's
-# (tests/test_gguf_convert.py) yet its error here is no smaller. Q8_0 is
+# (tests/unit/test_gguf_convert.py) yet its error here is no smaller. Q8_0 is
 # held to issue 23's bar for llama.cpp users' near-lossless choice: 1 %
 # and 0.99 of the greedy tokens (0.95 for the others).
 QUANTIZED = {

@@ -11,7 +11,7 @@
 Packages come through `apt-get download` (no system change; `apt-get
 update` first when the package lists are empty and this runs as root) and
 `pip download`, so it needs Debian's and PyPI's registries once; later runs
-reuse the cache. `python tests/arm_sysroot.py` prepares it ahead of a test
+reuse the cache. `python tests/kernels/arm_sysroot.py` prepares it ahead of a test
 run and prints where.
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent / "artifacts" / "arm-sysroot"
+ROOT = Path(__file__).resolve().parents[2] / "artifacts" / "arm-sysroot"
 DEBIAN_PACKAGES = (
     "libc6-arm64-cross",
     "libc6-dev-arm64-cross",

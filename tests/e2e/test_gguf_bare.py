@@ -16,12 +16,12 @@ from gpt2_max.parity import (
 )
 from gpt2_max.server import MaxServe
 
-from .conftest import prompts_for_window, served_greedy_matches_transformers
-from .test_tokenizer_files import tokenizer_json_only
+from ..conftest import prompts_for_window, served_greedy_matches_transformers
+from ..unit.test_tokenizer_files import tokenizer_json_only
 
 pytestmark = pytest.mark.slow
 
-TOLERANCE = 1e-4  # the float32 bar of tests/test_parity.py
+TOLERANCE = 1e-4  # the float32 bar of tests/e2e/test_parity.py
 DECODE_STEPS = 16
 PROMPT = "An old man sat on an upturned crate, mending a net"
 

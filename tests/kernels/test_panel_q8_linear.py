@@ -21,13 +21,11 @@ from gpt2_lmhead_model.kernels.panels import (
     FUSED_ACTIVATIONS,
     PANEL,
     Q8_BLOCK,
-    Q8_CODE_OFFSET,
     Q8_CODES_PER_WORD,
     pack_q8_panels,
 )
 
-from .test_kernel_panel_linear import reference
-from .test_kernel_panel_q4k_linear import emulated
+from .operands import emulated, q8_codes, reference
 
 ACTS = {"none": ACT_NONE, "gelu_new": FUSED_ACTIVATIONS["gelu_new"]}
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
@@ -134,15 +132,7 @@ def test_repacking_keeps_every_weight_exact():
     codes, scales = pack_q8_panels(blocks)
     assert codes.shape == (2, k // Q8_CODES_PER_WORD, PANEL)
     assert codes.dtype == np.uint32 and scales.shape == (2, k // Q8_BLOCK, PANEL)
-    q = unpack(codes, k)
+    q = q8_codes(codes, k)
     rebuilt = (q * np.repeat(scales, Q8_BLOCK, axis=1)).transpose(0, 2, 1)
     np.testing.assert_array_equal(rebuilt.reshape(-1, k)[:n], dequantized)
     assert not rebuilt.reshape(-1, k)[n:].any()
-
-
-def unpack(codes: np.ndarray, k: int) -> np.ndarray:
-    """`[P, K/4, PANEL]` words -> the signed codes `[P, K, PANEL]` as float32."""
-    panels = codes.shape[0]
-    as_bytes = codes.transpose(0, 2, 1).copy().view(np.uint8)  # [P, PANEL, K]
-    signed = as_bytes.astype(np.int16) - Q8_CODE_OFFSET
-    return signed.reshape(panels, PANEL, k).transpose(0, 2, 1).astype(np.float32)

@@ -11,7 +11,7 @@ import pytest
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
-K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 # The oldest release still widely run, and the newest the package knows.
 VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 

@@ -12,7 +12,7 @@ float32, bfloat16, float16, Q8_0, Q4_K and Q6_K panels, rows 1 to 19) for:
   `vpdpbusd` checked in the binary; run only on a host with AVX-VNNI;
 - aarch64 Linux (`neoverse-n1`, `neoverse-v2`: `sdot`; `generic` ARMv8.0:
   the portable route), linked against an aarch64 sysroot
-  (`tests/arm_sysroot.py`) and run under QEMU's user-mode emulation;
+  (`tests/kernels/arm_sysroot.py`) and run under QEMU's user-mode emulation;
 - Apple silicon (`arm64-apple-macosx`, `apple-m1`): compiled only, `sdot`
   checked in the assembly.
 
@@ -32,7 +32,7 @@ import max
 import pytest
 
 from gpt2_lmhead_model.kernels import KERNELS_DIR
-from tests.arm_sysroot import ArmSysroot, prepare
+from tests.kernels.arm_sysroot import ArmSysroot, prepare
 
 MODULAR = Path(next(iter(max.__path__))).resolve().parent / "modular"
 LIB = MODULAR / "lib"

@@ -1,9 +1,12 @@
-"""Runs the custom panel kernels in small graphs, for the kernel tests."""
+"""What the kernel tests share: small graphs around one kernel, operands,
+and the NumPy arithmetic each kernel is held to."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import gguf
 import numpy as np
 from max.driver import CPU, Buffer
 from max.dtype import DType
@@ -11,7 +14,14 @@ from max.engine import InferenceSession
 from max.graph import DeviceRef, Graph, TensorType, TensorValue
 
 from gpt2_lmhead_model.kernels import KERNELS_DIR
-from gpt2_lmhead_model.kernels.panels import PANEL, pack_panels
+from gpt2_lmhead_model.kernels.panels import (
+    PANEL,
+    Q4K_ACTIVATION_LEVELS,
+    Q4K_SUB,
+    Q8_CODE_OFFSET,
+    pack_panels,
+)
+from gpt2_max.gguf_quants import quantize
 
 
 def compile_kernel_graph(
@@ -74,3 +84,60 @@ def operands(
     w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
     b = rng.standard_normal(n, dtype=np.float32)
     return x, w, b
+
+
+def reference(x, w, b, act: str) -> np.ndarray:
+    return activated(x.astype(np.float64) @ w.astype(np.float64) + b, act)
+
+
+def activated(z: np.ndarray, act: str) -> np.ndarray:
+    if act == "gelu":
+        erf = np.vectorize(math.erf)
+        return 0.5 * z * (1 + erf(z / math.sqrt(2)))
+    if act == "gelu_new":
+        return 0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+    return z
+
+
+Q4_K = gguf.GGMLQuantizationType.Q4_K
+
+
+def q4k_operands(
+    m: int, k: int, n: int, seed: int, qtype: gguf.GGMLQuantizationType = Q4_K
+):
+    """x, the ggml blocks (Q4_K, or `qtype`) of a `[n, k]` matrix, its
+    dequantized `[k, n]` transpose, and a bias."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+    blocks = quantize(w, qtype)
+    dequantized = gguf.quants.dequantize(blocks, qtype)
+    b = rng.standard_normal(n, dtype=np.float32)
+    return x, blocks, dequantized.reshape(n, k).T, b
+
+
+def emulated(
+    x: np.ndarray,
+    blocks: np.ndarray,
+    b: np.ndarray,
+    act: str,
+    qtype: gguf.GGMLQuantizationType = Q4_K,
+):
+    """The kernel's arithmetic in float64: x rounded to int8 on a scale per
+    32 values, times the dequantized matrix (also `panel_q6k_linear`'s)."""
+    n, k = blocks.shape[0], x.shape[1]
+    blocked = x.reshape(x.shape[0], -1, Q4K_SUB)
+    amax = np.abs(blocked).max(axis=-1, keepdims=True)
+    inv = (amax > 0) * np.float32(Q4K_ACTIVATION_LEVELS) / np.where(amax > 0, amax, 1)
+    x8 = np.round(blocked * inv.astype(np.float32))
+    rounded = (x8 * (amax / np.float32(Q4K_ACTIVATION_LEVELS))).reshape(x.shape)
+    w = gguf.quants.dequantize(blocks, qtype).reshape(n, k)
+    return activated(rounded.astype(np.float64) @ w.T.astype(np.float64) + b, act)
+
+
+def q8_codes(codes: np.ndarray, k: int) -> np.ndarray:
+    """`[P, K/4, PANEL]` words -> the signed codes `[P, K, PANEL]` as float32."""
+    panels = codes.shape[0]
+    as_bytes = codes.transpose(0, 2, 1).copy().view(np.uint8)  # [P, PANEL, K]
+    signed = as_bytes.astype(np.int16) - Q8_CODE_OFFSET
+    return signed.reshape(panels, PANEL, k).transpose(0, 2, 1).astype(np.float32)

@@ -20,17 +20,15 @@ from gpt2_lmhead_model.kernels.panels import (
     ACT_NONE,
     FUSED_ACTIVATIONS,
     PANEL,
-    Q4K_ACTIVATION_LEVELS,
     Q4K_SUB,
     Q4K_SUPER,
     pack_q4k_panels,
 )
 from gpt2_max.gguf_quants import quantize
 
-from .test_kernel_panel_linear import activated, reference
+from .operands import Q4_K, emulated, q4k_operands, reference
 
 ACTS = {"none": ACT_NONE, "gelu_new": FUSED_ACTIVATIONS["gelu_new"]}
-Q4_K = gguf.GGMLQuantizationType.Q4_K
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +55,6 @@ def run():
     return execute
 
 
-def q4k_operands(
-    m: int, k: int, n: int, seed: int, qtype: gguf.GGMLQuantizationType = Q4_K
-):
-    """x, the ggml blocks (Q4_K, or `qtype`) of a `[n, k]` matrix, its
-    dequantized `[k, n]` transpose, and a bias."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((m, k), dtype=np.float32)
-    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
-    blocks = quantize(w, qtype)
-    dequantized = gguf.quants.dequantize(blocks, qtype)
-    b = rng.standard_normal(n, dtype=np.float32)
-    return x, blocks, dequantized.reshape(n, k).T, b
-
-
 def unpack(codes, sub, sup, k: int):
     """The panels back to per-weight codes, `d*sc` and `dmin*m`, each
     `[P, K, PANEL]` (the layout `pack_q4k_panels` documents)."""
@@ -82,25 +66,6 @@ def unpack(codes, sub, sup, k: int):
     scale = np.repeat(sup[:, :, 0], per_sub, axis=1) * sub[:, :, 0]
     minimum = np.repeat(sup[:, :, 1], per_sub, axis=1) * sub[:, :, 1]
     return q, np.repeat(scale, Q4K_SUB, axis=1), np.repeat(minimum, Q4K_SUB, axis=1)
-
-
-def emulated(
-    x: np.ndarray,
-    blocks: np.ndarray,
-    b: np.ndarray,
-    act: str,
-    qtype: gguf.GGMLQuantizationType = Q4_K,
-):
-    """The kernel's arithmetic in float64: x rounded to int8 on a scale per
-    32 values, times the dequantized matrix (also `panel_q6k_linear`'s)."""
-    n, k = blocks.shape[0], x.shape[1]
-    blocked = x.reshape(x.shape[0], -1, Q4K_SUB)
-    amax = np.abs(blocked).max(axis=-1, keepdims=True)
-    inv = (amax > 0) * np.float32(Q4K_ACTIVATION_LEVELS) / np.where(amax > 0, amax, 1)
-    x8 = np.round(blocked * inv.astype(np.float32))
-    rounded = (x8 * (amax / np.float32(Q4K_ACTIVATION_LEVELS))).reshape(x.shape)
-    w = gguf.quants.dequantize(blocks, qtype).reshape(n, k)
-    return activated(rounded.astype(np.float64) @ w.T.astype(np.float64) + b, act)
 
 
 SHAPES = [(256, 1), (512, 77), (768, 2304)]

@@ -11,8 +11,8 @@ import pytest
 
 from gpt2_max.server import MaxServe
 
-from .conftest import served_greedy_matches_transformers
-from .test_worker_interpreter import path_without_this_environment
+from ..conftest import served_greedy_matches_transformers
+from ..unit.test_worker_interpreter import path_without_this_environment
 
 pytestmark = pytest.mark.slow
 

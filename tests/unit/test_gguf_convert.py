@@ -29,7 +29,7 @@ from gpt2_max.cli import build_parser, main
 from gpt2_max.gguf_export import write_gguf
 from gpt2_max.gguf_quants import quantize
 
-from .llama_cpp_gpt2 import gguf_name, is_conv1d_weight, rows_cols
+from ..llama_cpp_gpt2 import gguf_name, is_conv1d_weight, rows_cols
 
 # Relative L2 round-trip error bounds. For values of std s quantized on a
 # uniform grid of step D the error is ~D/sqrt(12) per value, so the relative

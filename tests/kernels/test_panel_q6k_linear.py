@@ -25,8 +25,8 @@ from gpt2_lmhead_model.kernels.panels import (
 )
 from gpt2_max.gguf_quants import quantize
 
-from .test_kernel_panel_linear import reference
-from .test_kernel_panel_q4k_linear import ACTS, CASES, emulated, q4k_operands
+from .operands import emulated, q4k_operands, reference
+from .test_panel_q4k_linear import ACTS, CASES
 
 Q6_K = gguf.GGMLQuantizationType.Q6_K
 

@@ -205,7 +205,7 @@ def test_q8_0_matrices_are_repacked_for_the_q8_kernel_on_cpu(tmp_path):
     plus scales that rebuild exactly the stored values."""
     from gpt2_lmhead_model.kernels.panels import PANEL, Q8_BLOCK, pack_q8_panels
 
-    from .test_kernel_panel_q8_linear import unpack
+    from ..kernels.operands import q8_codes
 
     config = {**CONFIG, "n_embd": 160, "n_head": 5, "n_inner": 320}
     checkpoint = write_checkpoint(tmp_path / "ckpt", config, seed=4)
@@ -217,7 +217,7 @@ def test_q8_0_matrices_are_repacked_for_the_q8_kernel_on_cpu(tmp_path):
     q = np.from_dlpack(out["h.1.mlp.c_fc.weight"].data)
     scales = np.from_dlpack(out["h.1.mlp.c_fc.weight_scale"].data)
     assert q.dtype == np.uint32 and q.shape == (320 // PANEL, 160 // 4, PANEL)
-    widened = unpack(q, 160) * np.repeat(scales, Q8_BLOCK, axis=1)
+    widened = q8_codes(q, 160) * np.repeat(scales, Q8_BLOCK, axis=1)
     dequantized = gguf.quants.dequantize(stored.data, stored.tensor_type)
     np.testing.assert_array_equal(
         widened.transpose(0, 2, 1).reshape(320, 160), dequantized.reshape(320, 160)

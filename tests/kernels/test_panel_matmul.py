@@ -7,7 +7,7 @@ import pytest
 
 from gpt2_lmhead_model.kernels.panel_matmul import panel_matmul
 
-from .kernel_graphs import compile_kernel_graph, operands
+from .operands import compile_kernel_graph, operands
 
 VOCAB = 50257  # GPT-2's vocabulary: not a multiple of any vector width
 

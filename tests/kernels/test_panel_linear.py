@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from max.dtype import DType
@@ -11,23 +9,10 @@ from max.dtype import DType
 from gpt2_lmhead_model.kernels.panel_linear import panel_linear
 from gpt2_lmhead_model.kernels.panels import ACT_NONE, FUSED_ACTIVATIONS
 
-from .kernel_graphs import compile_kernel_graph, operands, widened
+from .operands import compile_kernel_graph, operands, reference, widened
 
 ACTS = {"none": ACT_NONE, "gelu": FUSED_ACTIVATIONS["gelu"]}
 ACTS["gelu_new"] = FUSED_ACTIVATIONS["gelu_new"]
-
-
-def reference(x, w, b, act: str) -> np.ndarray:
-    return activated(x.astype(np.float64) @ w.astype(np.float64) + b, act)
-
-
-def activated(z: np.ndarray, act: str) -> np.ndarray:
-    if act == "gelu":
-        erf = np.vectorize(math.erf)
-        return 0.5 * z * (1 + erf(z / math.sqrt(2)))
-    if act == "gelu_new":
-        return 0.5 * z * (1 + np.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
-    return z
 
 
 @pytest.fixture(scope="module")

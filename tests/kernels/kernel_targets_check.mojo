@@ -1,4 +1,4 @@
-# Built by tests/test_kernel_targets.py for one CPU target, then run: the
+# Built by tests/kernels/test_targets.py for one CPU target, then run: the
 # panel kernel against a scalar loop, on integer-valued operands (exact in
 # float32), with row and column counts that leave partial register blocks
 # and a partial panel on every vector width.

@@ -1,6 +1,6 @@
 """Tokenizers from `tokenizer.json` and from GGUF metadata; `gpt2-max unpack`.
 
-No graph is compiled here; `tests/test_gguf_bare.py` runs the results.
+No graph is compiled here; `tests/e2e/test_gguf_bare.py` runs the results.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from gpt2_max.cli import main
 from gpt2_max.gguf_export import write_gguf
 from gpt2_max.gguf_unpack import unpack
 
-from .conftest import TEXT
+from ..conftest import TEXT
 
 
 def tokenizer_json_only(source, out):

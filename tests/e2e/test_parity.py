@@ -16,7 +16,7 @@ from gpt2_max.parity import (
     transformers_greedy_decode,
 )
 
-from .conftest import prompts_for_window
+from ..conftest import prompts_for_window
 
 # The bar, pinned here rather than read from the code under test: float32
 # summed in another order differs by ~1e-6, a real bug by 1e-1 or more.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import max as max_package
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_ROOT = Path(next(iter(max_package.__path__))).resolve().parent
 DOC = (ROOT / "docs" / "BRINGUP.md").read_text()
 
