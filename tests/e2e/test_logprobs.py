@@ -411,9 +411,10 @@ def test_perplexity_served_and_in_process_equal_transformers(
 
 
 def _readme_recipe(substitutions: dict[str, str]) -> str:
-    """The README's `openai` perplexity recipe, pointed at this test's files."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    """docs/SCORING.md's `openai` perplexity recipe, pointed at this test's
+    files."""
+    doc = Path(__file__).parents[2] / "docs" / "SCORING.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
     (recipe,) = [b for b in blocks if "echo=True" in b]
     for old, new in substitutions.items():
         assert recipe.count(old) == 1, old
