@@ -385,7 +385,7 @@ def test_perplexity_served_and_in_process_equal_transformers(
 
     path = tmp_path / "text.txt"
     path.write_text(text, encoding="utf-8")
-    recipe = _readme_recipe(
+    recipe = _documented_recipe(
         {
             '"path/to/checkpoint"': repr(str(checkpoints["variant"])),
             '"http://localhost:8000/v1"': repr(f"{echo_server.url}/v1"),
@@ -410,7 +410,7 @@ def test_perplexity_served_and_in_process_equal_transformers(
     assert math.isclose(float(words[1]), want, rel_tol=1e-4)
 
 
-def _readme_recipe(substitutions: dict[str, str]) -> str:
+def _documented_recipe(substitutions: dict[str, str]) -> str:
     """docs/SCORING.md's `openai` perplexity recipe, pointed at this test's
     files."""
     doc = Path(__file__).parents[2] / "docs" / "SCORING.md"
