@@ -217,12 +217,7 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
         dtype = activation_dtype(encoding)
         kv_format = model_config.kv_cache.kv_cache_format
         cache_dtype = cache_dtype_for_encoding(encoding, kv_format)
-        if cache_dtype != dtype:
-            raise UnsupportedGPT2Config(
-                f"--kv-cache-format {kv_format} gives a {cache_dtype} KV cache, but "
-                f"this graph computes in {dtype} and stores K and V as they come "
-                "out of c_attn; leave --kv-cache-format unset"
-            )
+        check_kv_cache_dtype(cache_dtype, dtype, kv_format)
         kv_params = cls.construct_kv_params(
             huggingface_config=hf,
             pipeline_config=pipeline_config,
@@ -236,8 +231,13 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
             dtype=dtype,
             devices=devices,
             kv_params=kv_params,
-            fused_qkv=os.environ.get(FUSED_QKV_SWITCH, "1") != "0",
+            fused_qkv=cls.fused_qkv_requested(),
         )
+
+    @staticmethod
+    def fused_qkv_requested() -> bool:
+        """`FUSED_QKV_SWITCH`, on unless set to `0`."""
+        return os.environ.get(FUSED_QKV_SWITCH, "1") != "0"
 
     def finalize(
         self, stored: Mapping[str, StoredTensor], return_logits: ReturnLogits
@@ -251,6 +251,18 @@ class GPT2Config(ArchConfigWithStoredKVParams, ArchConfigWithKVCache):
         self.weights = route_weights(stored, self.n_layer, self.devices[0], self.dtype)
         self.tie_word_embeddings = self.weights.tied
         self.return_logits = return_logits
+
+
+def check_kv_cache_dtype(cache_dtype: DType, dtype: DType, kv_format: object) -> None:
+    """The KV cache holds K and V as `c_attn` computes them: a cache of
+    another dtype (`--kv-cache-format float8_e4m3fn`) is refused by name
+    rather than failing inside the cache store or flash attention."""
+    if cache_dtype != dtype:
+        raise UnsupportedGPT2Config(
+            f"--kv-cache-format {kv_format} gives a {cache_dtype} KV cache, but "
+            f"this graph computes in {dtype} and stores K and V as they come "
+            "out of c_attn; leave --kv-cache-format unset"
+        )
 
 
 def requested_encoding(model_config: MAXModelConfig) -> SupportedEncoding:

@@ -10,6 +10,7 @@ from transformers import GPT2Config as HFGPT2Config
 from gpt2_lmhead_model.model_config import (
     GPT2Config,
     UnsupportedGPT2Config,
+    check_kv_cache_dtype,
     hyperparameters,
     validate_hf_config,
 )
@@ -87,3 +88,11 @@ def test_context_window_is_n_positions():
     assert GPT2Config.calculate_max_seq_len(cfg, _ModelConfig(200)) == 200
     with pytest.raises(UnsupportedGPT2Config, match="n_positions=256"):
         GPT2Config.calculate_max_seq_len(cfg, _ModelConfig(300))
+
+
+def test_a_kv_cache_of_another_dtype_is_refused_naming_the_flag():
+    from max.dtype import DType
+
+    check_kv_cache_dtype(DType.bfloat16, DType.bfloat16, None)
+    with pytest.raises(UnsupportedGPT2Config, match="--kv-cache-format float8"):
+        check_kv_cache_dtype(DType.float8_e4m3fn, DType.bfloat16, "float8_e4m3fn")

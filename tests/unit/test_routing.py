@@ -70,3 +70,35 @@ def test_plan_has_one_format_per_matrix_and_ties_the_head_to_wte():
     assert gpu.tied and gpu.head_shares_wte and gpu[HEAD] == Dense(BF16)
     stored[f"{HEAD}.weight"] = _stored(f"{HEAD}.weight", (8, 8))
     assert not route_weights(stored, 2, GPU, BF16).tied
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "switch", "fused"),
+    [
+        (GPU, BF16, None, True),  # MAX's fused QKV-and-cache kernel
+        (GPU, BF16, "0", False),  # the split fallback (GPT2_MAX_FUSED_QKV=0)
+        (CPU, F32, None, False),  # the panel kernels have no fused cache store
+        (CPU, BF16, None, True),
+    ],
+)
+def test_fused_qkv_only_for_a_plain_c_attn_and_behind_one_switch(
+    monkeypatch, device, dtype, switch, fused
+):
+    from gpt2_lmhead_model.gpt2 import GPT2Attention
+    from gpt2_lmhead_model.model_config import FUSED_QKV_SWITCH, GPT2Config
+
+    from .test_model_config import config
+
+    if switch is None:
+        monkeypatch.delenv(FUSED_QKV_SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(FUSED_QKV_SWITCH, switch)
+    cfg = config(n_embd=64, n_head=4, n_layer=1, vocab_size=32)
+    stored = {
+        f"{m}.weight": _stored(f"{m}.weight", (8, 8)) for m in matrix_names(1)
+    } | {"wte.weight": _stored("wte.weight", (8, 8))}
+    cfg.devices = [device]
+    cfg.dtype = dtype
+    cfg.fused_qkv = GPT2Config.fused_qkv_requested()
+    cfg.weights = route_weights(stored, 1, device, dtype)
+    assert GPT2Attention(cfg, 0).fused_qkv is fused
