@@ -172,7 +172,7 @@ def main_encoding(reader: gguf.GGUFReader) -> str:
     `float32`, the graph's float type. That is right for Q8_0, F16 and
     BF16 files too: MAX 26.7's `--quantization-encoding` has no q8_0 (nor
     a float16 on CPU), and on CPU their matrices are routed per tensor to
-    this package's panel kernels (`gguf_weights.REPACKED`, `HALF_FLOATS`)."""
+    this package's panel kernels (`gpt2_lmhead_model.routing`)."""
     kinds = Counter(
         KERNEL_ENCODINGS[t.tensor_type].name.lower()
         for t in reader.tensors
