@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from .server import free_port, group_alive
+from .server import free_port, stop_group
 
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg"
 BACKEND = "replicas"
@@ -122,21 +122,8 @@ class HAProxy:
         self.command(f"set server {BACKEND}/{server} state ready")
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        pgid = self.process.pid
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and group_alive(pgid):
-                self.process.poll()
-                time.sleep(0.1)
-            if not group_alive(pgid):
-                break
-        self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_group(self.process, signal.SIGTERM, 10.0)
 
     def __enter__(self) -> HAProxy:
         return self.start()

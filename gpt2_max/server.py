@@ -106,21 +106,8 @@ class ServerProcess:
 
     def stop(self, grace: float = 30.0) -> None:
         """SIGINT (a clean shutdown), then SIGKILL for whatever is left."""
-        if self.process is None:
-            return
-        pgid = self.process.pid
-        for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and group_alive(pgid):
-                self.process.poll()
-                time.sleep(0.2)
-            if not group_alive(pgid):
-                break
-        self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_group(self.process, signal.SIGINT, grace)
 
     def _log_tail(self, lines: int = 30) -> str:
         if not self.log_path or not self.log_path.exists():
@@ -209,6 +196,26 @@ def group_pids(pgid: int) -> list[int]:
         if group == pgid and state != "Z":
             pids.append(int(entry.name))
     return pids
+
+
+def stop_group(
+    process: subprocess.Popen[bytes], first: signal.Signals, grace: float
+) -> None:
+    """`first` to the process group `process` leads, then SIGKILL to
+    whatever is left after `grace` seconds."""
+    pgid = process.pid
+    for sig, wait in ((first, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and group_alive(pgid):
+            process.poll()
+            time.sleep(0.1)
+        if not group_alive(pgid):
+            break
+    process.wait(timeout=10)
 
 
 def group_alive(pgid: int) -> bool:
