@@ -38,7 +38,7 @@ def test_q4_k_logits_repeat_exactly_across_batches(tmp_path, tokenizer):
     prompts = prompts_for_window(tokenizer, SMALL_CONFIG["n_positions"], STEPS - 1)
     prompts.append(prompts[1][:7])
     oracle = transformers_greedy_decode(reference, prompts, STEPS)
-    _, bound = QUANTIZED["q4_k"]
+    _, bound, _ = QUANTIZED["q4_k"]
 
     first: dict[tuple[tuple[int, ...], int, int], np.ndarray] = {}
     for _ in range(2):
