@@ -17,12 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import gguf
-
 from gpt2_lmhead_model import gpt2_arch
 from gpt2_max.checkpoints import PRESETS, write_checkpoint
-from gpt2_max.gguf_export import write_gguf
-from gpt2_max.gguf_unpack import main_encoding, weights_link
 from gpt2_max.server import MaxServe, ServerProcess
 
 from . import (
@@ -38,17 +34,10 @@ from . import (
 from .load import LevelResult, run_level
 from .peer_venv import PeerUnavailable
 from .peer_vllm import VllmServe
+from .workload import F32_SERVE_ARGS, gguf_serving, prompts, write_gguf_once
 
 PEERS = ("llama.cpp", "vllm")
 DEFAULT_ENCODINGS = "q8_0,q4_0,q4_k,q6_k,f16,bf16"
-F32_SERVE_ARGS = ["--devices", "cpu", "--quantization-encoding", "float32"]
-"""`max serve` flags of every float32 measurement, ours and MAX Llama's."""
-
-TEXT = (
-    "The harbour was quiet in the early morning, and the fishing boats rocked "
-    "gently against the pier while gulls argued over scraps. An old man sat on "
-    "an upturned crate, mending a net with quick, practised fingers. "
-)
 
 
 def machine_info() -> dict[str, Any]:
@@ -66,12 +55,6 @@ def machine_info() -> dict[str, Any]:
         pass
     simd = [f for f in flags if f.startswith(("avx", "fma", "amx", "sse4", "f16c"))]
     return {"cores": os.cpu_count(), "cpu": model, "simd_flags": sorted(simd)}
-
-
-def prompts(tokenizer: Any, count: int, length: int) -> list[list[int]]:
-    """`count` distinct prompts of exactly `length` tokens (no shared prefix)."""
-    ids = tokenizer(TEXT * (2 + (count + length) // 40)).input_ids
-    return [ids[i + 1 : i + 1 + length] for i in range(count)]
 
 
 def level_summary(level: LevelResult) -> dict[str, Any]:
@@ -420,24 +403,6 @@ def _median_turn(turns: list[dict[str, Any]]) -> dict[str, Any]:
         **ranked[(len(ranked) - 1) // 2],
         "turns": [turn["tokens_per_second"] for turn in turns],
     }
-
-
-def write_gguf_once(checkpoint: Path, out: Path, encoding: str) -> Path:
-    # Absolute: MAX resolves a relative --weight-path inside --model-path.
-    path = (out / "checkpoints" / f"{checkpoint.name}-{encoding}.gguf").resolve()
-    if not path.exists():
-        print(f"[gguf] writing {path.name}", flush=True)
-        write_gguf(checkpoint, path, encoding)
-    return path
-
-
-def gguf_serving(path: Path) -> tuple[str, Path]:
-    """The `--quantization-encoding` and `--weight-path` MAX is given for a
-    GGUF file, as `./run serve FILE.gguf` gives them (`gguf_unpack`)."""
-    encoding = main_encoding(gguf.GGUFReader(path))
-    links = path.parent / f"{path.stem}-link"
-    links.mkdir(exist_ok=True)
-    return encoding, weights_link(path, links, encoding)
 
 
 def main() -> None:
