@@ -19,8 +19,10 @@ from typing import Any
 
 from gpt2_max.stepper import stepper
 
+from .ceilings import BandwidthProbe, Bracket
 
-def decode_tokens_per_second(*args: Any, **kwargs: Any) -> dict[str, float]:
+
+def decode_tokens_per_second(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """`measure_decode` in a process of its own (see the module docstring)."""
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as child:
@@ -38,13 +40,17 @@ def measure_decode(
     steps: int = 40,
     warmup: int = 5,
     prefill_tokens: int = 0,
-) -> dict[str, float]:
+    probe_threads: int = 0,
+) -> dict[str, Any]:
     """Median decode-step time of `batch` sequences (the prefill excluded);
     with `prefill_tokens`, also the median of three prefills of one prompt
-    that long, on the same loaded model."""
+    that long, on the same loaded model. With `probe_threads`, the decode
+    steps are bracketed by bandwidth probes (`ceilings.Bracket`) taken in
+    this process with that many threads, just before and just after."""
     prompts = [list(range(100 + i, 100 + i + prompt_len)) for i in range(batch)]
     times = []
-    result: dict[str, float] = {"batch": batch}
+    result: dict[str, Any] = {"batch": batch}
+    probe = BandwidthProbe(probe_threads) if probe_threads else None
     with stepper(
         checkpoint,
         prompts,
@@ -53,11 +59,15 @@ def measure_decode(
         encoding=encoding,
         weight_path=weight_path,
     ) as sequences:
+        bracket = Bracket(probe.measure()) if probe else None
         for step in range(steps):
             logits, seconds = sequences.step()
             if step > warmup:  # step 0 is the prefill
                 times.append(seconds)
             sequences.feed(logits.argmax(-1))
+        if probe and bracket:
+            bracket.after = probe.measure()
+            result["bandwidth"] = bracket.as_dict()
         if prefill_tokens:
             prefills = []
             for repeat in range(3):

@@ -1,167 +1,156 @@
-"""The benchmark's floors: each ratio computed from the right two figures."""
+"""The benchmark's floors and tables: each ratio computed from the right
+two sets of turns, each bandwidth share held to its own bracket."""
 
 from __future__ import annotations
 
-from bench import report
+import pytest
+
+from bench import ceilings, floors, one_stream, report
 
 
-def levels(tps: dict[int, float]) -> list[dict[str, float]]:
-    return [{"concurrency": n, "tokens_per_second": v} for n, v in tps.items()]
+def levels(turns: dict[int, list[float]]) -> list[dict]:
+    return [
+        {
+            "concurrency": n,
+            "tokens_per_second": sorted(t)[(len(t) - 1) // 2],
+            "turns": t,
+            "itl_p50_ms": 10.0,
+            "itl_p99_ms": 20.0,
+        }
+        for n, t in turns.items()
+    ]
 
 
-def engine(tps: dict[int, float]) -> dict[str, dict[str, float]]:
-    return {str(b): {"tokens_per_second": v} for b, v in tps.items()}
+def engine_turn(tps: float, before: float, after: float) -> dict:
+    return {
+        "tokens_per_second": tps,
+        "prefill_seconds": 0.3,
+        "bandwidth": {
+            "before": {"gbs": before},
+            "after": {"gbs": after},
+            "gbs": max(before, after),
+        },
+    }
 
 
 def results() -> dict:
+    f32_bytes = 1e9
+    ours = [engine_turn(40.0, 50.0, 45.0), engine_turn(20.0, 30.0, 40.0),
+            engine_turn(45.0, 50.0, 50.0)]  # fmt: skip
+    theirs = [{"tokens_per_second": v, "prefill_seconds": 0.6} for v in (30, 40, 50)]
     return {
-        "machine": {"read_bandwidth_gbs": 30.0},
+        "model": "test",
+        "machine": {"read_bandwidth_gbs": 50.0, "gemm_gflops": 100.0, "cores": 2},
+        "costs": {"weight_bytes_per_token": f32_bytes, "kv_bytes_per_token": 0.0},
         "ceilings": {
-            "one_stream_tokens_per_second": 100.0,
+            "one_stream_tokens_per_second": 50.0,
             "large_batch_tokens_per_second": 1000.0,
         },
-        "workload": {"levels": [1, 32]},
+        "workload": {"levels": [1, 32], "rounds": 3},
         "ours": {
-            "levels": levels({1: 70.0, 32: 600.0}),
-            "engine": engine({1: 90.0, 32: 700.0}),
+            "levels": levels({1: [70.0, 60.0, 80.0], 32: [600.0, 500.0, 700.0]}),
+            "engine": {"32": {"tokens_per_second": 700.0, "turns": [700.0, 650, 720]}},
         },
-        "vllm": {"levels": levels({1: 30.0, 32: 300.0})},
-        "llama.cpp": {
-            "f32": {
-                "tokens_per_second": 80.0,
-                "prefill_seconds": 0.4,
-                "prefill_tokens": 512,
-            },
-            "q4_k": {"skipped": "no"},
-        },
-        "gguf": {
-            "q4_k": {
-                "engine": engine({1: 400.0, 32: 900.0}),
-                "weight_bytes_per_token": 60e6,
-            }
+        "vllm": {"levels": levels({1: [30.0, 35, 40], 32: [300.0, 200, 400]})},
+        "one_stream": {
+            "f32": one_stream.summarize(ours, theirs, [60.0, 50.0, 55.0], f32_bytes),
+            "q4_k": one_stream.summarize(
+                [engine_turn(400.0, 50.0, 40.0)], [{"skipped": "no"}], [], 60e6
+            ),
         },
         "xl": {
-            "ours": {"f32": {"tokens_per_second": 4.5}},
-            "llama.cpp": {"f32": {"tokens_per_second": 5.0}, "q4_k": {"skipped": "x"}},
+            "f32": {"ratio_of_medians": 0.95, "bandwidth_share": {"shares": []}},
+            "q4_k": {"llama.cpp": {"skipped": "x"}, "bandwidth_share": {}},
         },
     }
 
 
-def by_name() -> dict[str, dict]:
-    return {row["floor"]: row for row in report.floors(results())}
+def by_name(data: dict | None = None) -> dict[str, dict]:
+    data = data or results()
+    return {row["floor"]: row for row in floors.evaluate(floors.rows(data))}
 
 
-def test_each_floor_is_the_ratio_of_its_two_figures():
+def test_each_floor_is_the_ratio_of_the_medians_of_its_turns():
     rows = by_name()
     expected = {
-        "engine, 1 stream, float32 / llama.cpp in process": (90 / 80, True),
-        "engine, 1 stream, float32 / read-bandwidth ceiling": (0.90, True),
-        "max serve, 1 stream, float32 / llama.cpp in process": (70 / 80, True),
-        "engine, 32 streams / GEMM ceiling": (0.70, True),
-        "max serve, 32 streams / vLLM CPU served": (2.0, True),
-        "q4_k engine, 1 stream: matmul bytes read / bandwidth": (
-            400 * 60e6 / 30e9,
-            True,
-        ),
-        "GPT-2 XL shape, f32, engine 1 stream / llama.cpp": (0.9, True),
+        # ours 40 20 45 against llama.cpp 30 40 50: medians 40 / 40.
+        "engine, 1 stream, float32 / llama.cpp in process": 1.0,
+        # served 60 50 55: median 55 over llama.cpp's median 40.
+        "max serve, 1 stream, float32 / llama.cpp in process": 55 / 40,
+        "engine, 32 streams / GEMM ceiling": 0.70,
+        # medians of the turns 600 / 300, not the median turns' own figures.
+        "max serve, 32 streams / vLLM CPU served": 2.0,
+        "GPT-2 XL shape, f32, engine 1 stream / llama.cpp": 0.95,
+        # 400 tok/s x 60 MB over the higher probe, 50 GB/s.
+        "q4_k engine, 1 stream / bracketing read bandwidth": 400 * 60e6 / 50e9,
     }
-    for name, (value, met) in expected.items():
-        assert abs(rows[name]["measured"] - value) < 1e-9, name
-        assert rows[name]["met"] is met, name
+    for name, value in expected.items():
+        assert rows[name]["measured"] == pytest.approx(value), name
+    assert rows["engine, 1 stream, float32 / llama.cpp in process"]["met"] is True
+    assert rows["q4_k engine, 1 stream / bracketing read bandwidth"]["met"] is False
 
 
-def test_a_floor_below_its_bar_is_reported_unmet():
+def test_each_turn_is_held_to_the_higher_of_its_two_probes():
+    """Shares 40/50, 20/40, 45/50 GB/s: 0.8, 0.5, 0.9, median 0.8. Against
+    the probe before each turn alone the second would read 20/30."""
+    share = results()["one_stream"]["f32"]["bandwidth_share"]
+    assert share["shares"] == pytest.approx([0.8, 0.5, 0.9])
+    assert share["median"] == pytest.approx(0.8)
+    row = by_name()["engine, 1 stream, float32 / bracketing read bandwidth"]
+    assert row["measured"] == pytest.approx(0.8) and row["met"] is False
+
+
+def test_a_share_above_one_is_a_measurement_error_not_a_figure():
     data = results()
-    data["ours"]["levels"] = levels({1: 60.0, 32: 400.0})
-    rows = {row["floor"]: row for row in report.floors(data)}
-    assert rows["max serve, 1 stream, float32 / llama.cpp in process"]["met"] is False
-    assert rows["max serve, 32 streams / vLLM CPU served"]["met"] is False
-    assert "**no**" in report.floors_table(data)
+    ours = [engine_turn(40.0, 50.0, 45.0), engine_turn(60.0, 30.0, 40.0),
+            engine_turn(45.0, 50.0, 50.0)]  # fmt: skip
+    data["one_stream"]["f32"] = one_stream.summarize(ours, [], [], 1e9)
+    share = data["one_stream"]["f32"]["bandwidth_share"]
+    assert share["measurement_errors"] == pytest.approx([1.5])
+    assert share["median"] == pytest.approx(0.85)  # of 0.8 and 0.9 only
+    assert "one_stream f32: 1.50" in floors.bandwidth_errors(data)
+    text = floors.table(
+        floors.evaluate(floors.rows(data)), floors.bandwidth_errors(data)
+    )
+    assert "measurement errors, left out of every median): one_stream f32: 1.50" in text
+    assert ceilings.shares_summary([1.2, 1.01])["median"] is None
 
 
 def test_a_skipped_or_absent_peer_leaves_its_floor_unmeasured():
     rows = by_name()
-    xl_q4_k = rows["GPT-2 XL shape, q4_k, engine 1 stream / llama.cpp"]
-    assert xl_q4_k["measured"] is None and xl_q4_k["met"] is None
+    assert rows["GPT-2 XL shape, q4_k, engine 1 stream / llama.cpp"]["met"] is None
     data = results()
-    del data["vllm"], data["llama.cpp"]
-    rows = {row["floor"]: row for row in report.floors(data)}
+    del data["vllm"], data["one_stream"]["f32"]
+    rows = by_name(data)
     assert rows["max serve, 32 streams / vLLM CPU served"]["met"] is None
     assert rows["engine, 1 stream, float32 / llama.cpp in process"]["met"] is None
-    assert "not measured" in report.floors_table(data)
+    text = floors.table(floors.evaluate(floors.rows(data)), [])
+    assert "not measured" in text and "none" in text
 
 
-def test_turns_of_both_decide_the_one_stream_floor():
+def test_a_floor_below_its_bar_is_reported_unmet():
     data = results()
-    data["one_stream_rounds"] = {
-        "ours": [80.0, 70.0, 90.0],
-        "llama.cpp": [100.0, 60.0, 80.0],
-        "ratio_of_medians": 1.0,
-    }
-    rows = {row["floor"]: row for row in report.floors(data)}
-    row = rows["engine, 1 stream, float32 / llama.cpp in process"]
-    assert row["measured"] == 1.0 and row["met"] is True
-    assert "ratio of the medians 1.00" in report.llama_cpp_table(data)
+    data["ours"]["levels"] = levels({1: [70.0], 32: [400.0, 410.0, 420.0]})
+    rows = by_name(data)
+    assert rows["max serve, 32 streams / vLLM CPU served"]["measured"] == 410 / 300
+    assert rows["max serve, 32 streams / vLLM CPU served"]["met"] is False
 
 
-def test_each_turn_is_held_to_the_bandwidth_probed_beside_it():
-    """With probes in the turns, the bandwidth floor is the median of each
-    turn's share, not one engine figure over the run's best probe."""
+def test_tables_print_every_turn_and_the_medians():
     data = results()
-    data["costs"] = {"weight_bytes_per_token": 0.9e9, "kv_bytes_per_token": 0.1e9}
-    data["one_stream_rounds"] = {
-        "ours": [20.0, 40.0, 45.0],
-        "llama.cpp": [10.0, 10.0, 10.0],
-        "bandwidth_gbs": [40.0, 50.0, 50.0],
-        "ratio_of_medians": 4.0,
-    }
-    rows = {row["floor"]: row for row in report.floors(data)}
-    row = rows["engine, 1 stream, float32 / read-bandwidth ceiling"]
-    # Shares 0.5, 0.8, 0.9: the median; the old figure (90/100) would say 0.9.
-    assert row["measured"] == 0.8 and row["met"] is False
+    served = report.served_table(data)
+    assert "| 32 | 600.0 | n/a | n/a | 300.0 | 2.00 |" in served
+    assert "ours at 32: 600.0, 500.0, 700.0" in served
+    one = report.one_stream_table(data)
+    assert "| f32 | 40.0 | 40.0 | 1.00 | 55.0 | 1.38 | 0.80 | 2.00 |" in one
+    assert "llama.cpp skipped (no)" in one
+    assert "shares 0.80, 0.50, 0.90" in one
 
 
-def test_served_turns_decide_the_served_one_stream_floor():
-    """Served one stream is held to llama.cpp measured in the same turns,
-    not to a llama.cpp figure taken at another moment of the run."""
-    data = results()
-    data["one_stream_rounds"] = {
-        "ours": [80.0, 70.0, 90.0],
-        "served": [50.0, 90.0, 70.0],
-        "llama.cpp": [100.0, 60.0, 80.0],
-        "ratio_of_medians": 1.0,
-        "served_ratio_of_medians": 70.0 / 80.0,
-    }
-    rows = {row["floor"]: row for row in report.floors(data)}
-    row = rows["max serve, 1 stream, float32 / llama.cpp in process"]
-    assert row["measured"] == 70.0 / 80.0 and row["met"] is True
-    assert "ratio of the medians to llama.cpp 0.88" in report.llama_cpp_table(data)
-
-
-def test_turns_of_both_servers_decide_the_many_streams_floor():
-    data = results()
-    data["vllm"]["ttft_seconds"] = {"32": 0.05}
-    data["vllm"]["many_stream_rounds"] = {
-        "streams": 32,
-        "ours": [500.0, 600.0, 550.0],
-        "vllm": [400.0, 300.0, 350.0],
-        "ratio_of_medians": 550.0 / 350.0,
-    }
-    rows = {row["floor"]: row for row in report.floors(data)}
-    row = rows["max serve, 32 streams / vLLM CPU served"]
-    assert row["measured"] == 550.0 / 350.0 and row["met"] is True
-    assert "ratio of the medians 1.57" in report.vllm_table(data)
-
-
-def test_xl_turns_are_listed_beside_their_medians():
-    data = results()
-    data["machine"]["read_bandwidth_gbs"] = 30.0
-    data["xl"] = {
-        "weight_bytes_per_token": {"f32": 6.2e9},
-        "ours": {"f32": {"tokens_per_second": 5.0, "turns": [4.0, 5.0, 6.0]}},
-        "llama.cpp": {"f32": {"tokens_per_second": 5.0, "turns": [5.0, 5.5, 4.5]}},
-    }
-    table = report.xl_table(data)
-    assert "f32 ours 4.00, 5.00, 6.00, llama.cpp 5.00, 5.50, 4.50" in table
-    rows = {row["floor"]: row for row in report.floors(data)}
-    assert rows["GPT-2 XL shape, f32, engine 1 stream / llama.cpp"]["measured"] == 1.0
+def test_a_bracket_holds_a_turn_to_the_higher_of_its_probes():
+    bracket = ceilings.Bracket({"gbs": 30.0})
+    assert bracket.gbs == 30.0  # the turn failed before its second probe
+    bracket.after = {"gbs": 41.0}
+    assert bracket.gbs == 41.0 and bracket.as_dict()["gbs"] == 41.0
+    bracket.after = {"gbs": 20.0}
+    assert bracket.gbs == 30.0

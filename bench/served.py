@@ -1,0 +1,113 @@
+"""Served throughput at each concurrency, every server in turns.
+
+All servers being compared (ours, MAX's Llama, vLLM CPU) are up at once,
+each idle at 1-4 % of a core while another is measured, and each level is
+measured on each of them in turn, round after round; `transformers`, the
+in-process baseline, takes its turn at the same batch size in a process
+of its own. Every figure is then the median of its turns, and every ratio
+between two sides is of figures taken within the same minute or two: on
+these machines a figure moves 10-30 % between moments of a run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gpt2_max.server import ServerProcess
+
+from . import peers
+from .load import LevelResult, run_level
+from .workload import prompts
+
+
+def level_summary(level: LevelResult) -> dict[str, Any]:
+    gaps = sorted(g for s in level.streams for g in s.inter_token)
+    if len(gaps) > 1:
+        pct = statistics.quantiles(gaps, n=100)
+    else:
+        pct = [gaps[0] if gaps else 0.0] * 99
+    return {
+        "concurrency": level.concurrency,
+        "tokens_per_second": level.tokens_per_second,
+        "output_tokens": level.output_tokens,
+        "wall_seconds": level.wall_seconds,
+        "itl_p50_ms": pct[49] * 1000,
+        "itl_p99_ms": pct[98] * 1000,
+    }
+
+
+def median_turn(turns: list[dict[str, Any]]) -> dict[str, Any]:
+    """The turn of median speed (the lower one of an even count), whole,
+    with every turn's speed beside it."""
+    ranked = sorted(turns, key=lambda turn: turn["tokens_per_second"])
+    return {
+        **ranked[(len(ranked) - 1) // 2],
+        "turns": [turn["tokens_per_second"] for turn in turns],
+    }
+
+
+def transformers_turn(
+    checkpoint: Path, batch: list[list[int]], max_tokens: int, threads: int
+) -> dict[str, float]:
+    """`peers.transformers_throughput` in a process of its own, so torch's
+    threads do not linger in the benchmark's process beside the servers."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as child:
+        job = child.submit(
+            peers.transformers_throughput, checkpoint, batch, max_tokens, threads
+        )
+        return job.result()
+
+
+def levels_in_turns(
+    servers: dict[str, ServerProcess],
+    tokenizer: Any,
+    levels: list[int],
+    max_tokens: int,
+    rounds: int,
+    ttft_lengths: list[int],
+    transformers: Callable[[list[list[int]]], dict[str, float]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """`{side: {"levels": [median turn per level], "ttft_seconds": {...}}}`
+    for each server, and `{"transformers": {str(batch): median turn}}`."""
+    for srv in servers.values():
+        run_level(srv.url, srv.model, prompts(tokenizer, 2, 16), 4)  # warm-up
+    turns: dict[str, dict[int, list[dict[str, Any]]]] = {
+        side: {n: [] for n in levels} for side in [*servers, "transformers"]
+    }
+    ttft: dict[str, dict[int, list[float]]] = {
+        side: {n: [] for n in ttft_lengths} for side in servers
+    }
+    for turn in range(rounds):
+        for n in levels:
+            batch = prompts(tokenizer, n, 32)
+            for side, srv in servers.items():
+                print(f"[served] {n} streams, {side}, turn {turn + 1} of {rounds}")
+                level = run_level(srv.url, srv.model, batch, max_tokens)
+                turns[side][n].append(level_summary(level))
+            if transformers is not None:
+                turns["transformers"][n].append(transformers(batch))
+        for length in ttft_lengths:
+            prompt = prompts(tokenizer, 1 + turn, length)[turn]
+            for side, srv in servers.items():
+                first = run_level(srv.url, srv.model, [prompt], 2).streams[0].ttft
+                ttft[side][length].append(first)
+    result: dict[str, dict[str, Any]] = {
+        side: {
+            "levels": [median_turn(turns[side][n]) for n in levels],
+            "ttft_seconds": {
+                str(n): statistics.median(times) for n, times in ttft[side].items()
+            },
+        }
+        for side in servers
+    }
+    if transformers is not None:
+        result["transformers"] = {
+            str(n): median_turn(turns["transformers"][n]) for n in levels
+        }
+    return result
