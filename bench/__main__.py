@@ -367,11 +367,16 @@ def main() -> None:
     results["load_average"]["end"] = os.getloadavg()
     # The ceilings are the best the machine was seen to do: every probe of
     # the run, the brackets of each turn included.
+    end = probe()
     machine["probes"] = [
         ceilings.ceiling_figures(machine),
-        probe(),
+        end,
         *bracket_probes(results),
     ]
+    machine["bandwidth_probes"] = {
+        "start": machine["read_bandwidth_probe"],
+        "end": end["read_bandwidth_probe"],
+    }
     machine.update(ceilings.best_of_probes(machine["probes"]))
     results["ceilings"] = ceilings.ceilings(machine, costs)
     print(report.write(results, out))

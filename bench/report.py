@@ -108,6 +108,15 @@ def served_table(results: dict[str, Any]) -> str:
         f"{_fmt(ceil['large_batch_tokens_per_second'])} tok/s (float32 GEMM "
         f"{_fmt(results['machine']['gemm_gflops'])} GFLOP/s)"
     )
+    probes = results["machine"].get("bandwidth_probes") or {}
+    if probes:
+        lines.append(
+            "- bandwidth probes of the run, sum / GEMV GB/s: "
+            + "; ".join(
+                f"{when} {_fmt(p['sum_gbs'])} / {_fmt(p['gemv_gbs'])}"
+                for when, p in probes.items()
+            )
+        )
     return "\n".join(lines)
 
 

@@ -8,9 +8,8 @@ kernels. Everything else the process does between two graph runs (MAX's
 scheduler, batch preparation, the sampler's call, ZMQ) is Python on the
 main thread, and it competes with them for the cores. When the main thread
 wakes on a core where a worker spins, the kernel's scheduler can leave it
-waiting for a whole tick: measured on 2 cores, one sampler call in five
-took 4-5 ms instead of 0.4, and `max serve` lost 12 % of its tokens per
-second for one stream, 5 % for 32 (docs/BENCHMARKS.md, "Runtime threads").
+waiting for a whole tick (what that costs `max serve`: `./run bench
+--ablations`, docs/BENCHMARKS.md).
 
 Lowering the workers' priority lets any thread with work run first; a
 worker that has work still gets the cores the others leave. Under Linux's

@@ -19,9 +19,9 @@ from .base import StoredTensor, WeightFormat
 class Dense(WeightFormat):
     """`x @ W.T` with `W [out, in]` in `dtype`; ggml blocks dequantized.
 
-    `in_out` stores `W` as `[in, out]` and computes `x @ W`: on MAX's CPU
-    kernels that GEMV reads the 50257-wide head ~25 % faster than the
-    `[out, in]` layout (docs/BENCHMARKS.md), so the CPU head uses it.
+    `in_out` stores `W` as `[in, out]` and computes `x @ W`: MAX's CPU
+    GEMV read the 50257-wide head faster in that layout when timed during
+    bring-up (docs/BRINGUP.md), so the CPU head uses it.
     """
 
     dtype: DType
