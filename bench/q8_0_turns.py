@@ -1,16 +1,13 @@
-"""Our Q8_0 against the 8-bit peers, in turns (issues 23 and 25).
+"""Our Q8_0 against llama.cpp Q8_0, in turns (issues 23 and 25).
 
-Q8_0 is what llama.cpp users pick as the near-lossless 8-bit file, and int8
-is CTranslate2's usual setting, so these are the 8-bit against 8-bit
-comparisons. Ours is `max serve` on the Q8_0 file that `gpt2-max convert
---to q8_0` writes, with the flags `./run serve FILE.gguf` would give it;
-llama.cpp runs in process on the same file. One stream each, alternating,
-as the float32 turns (`__main__.alternate_one_stream`): single figures move
-10-30 % between moments of a run, so the ratio is of the turns' medians.
-
-CTranslate2 is not a peer of `./run bench` yet (issue 25): its int8 figures
-and the floors held against them stay "not measured" here
-(`CTRANSLATE2_INT8`) until it is, never a number nobody ran.
+Q8_0 is what llama.cpp users pick as the near-lossless 8-bit file, so this
+is the 8-bit against 8-bit comparison with llama.cpp. Ours is `max serve`
+on the Q8_0 file that `gpt2-max convert --to q8_0` writes, with the flags
+`./run serve FILE.gguf` would give it; llama.cpp runs in process on the
+same file. One stream each, alternating, as the float32 turns
+(`__main__.alternate_one_stream`): single figures move 10-30 % between
+moments of a run, so the ratio is of the turns' medians. Q8_0 against
+CTranslate2 int8 is `ctranslate2_turns`.
 """
 
 from __future__ import annotations
@@ -22,11 +19,6 @@ from typing import Any
 
 ENCODING = "q8_0"
 RESULTS_KEY = "q8_0_rounds"
-CTRANSLATE2_INT8 = {"skipped": "CTranslate2 is not a bench peer yet (issue 25)"}
-"""The hook for CTranslate2 int8 (in process, 1 and many streams, in turns
-with ours served on Q8_0) once issue 25 adds the peer: it replaces this
-with its figures and `"ratio_of_medians": {streams: ours / CTranslate2}`,
-which `floor_rows` reads."""
 
 
 def served_one_stream_in_turns(
@@ -57,9 +49,8 @@ def served_one_stream_in_turns(
     from .load import run_level
 
     measure = llama_cpp_measure or peer_llama_cpp.measure
-    result: dict[str, Any] = {"ctranslate2_int8": CTRANSLATE2_INT8}
     if llama_cpp_python is None:
-        return {**result, "skipped": why_not}
+        return {"skipped": why_not}
     serve_args = [
         "--devices", "cpu",
         "--quantization-encoding", served_encoding,
@@ -76,10 +67,9 @@ def served_one_stream_in_turns(
             )
             row = measure(llama_cpp_python, {ENCODING: gguf_path}, threads=threads)
             if "skipped" in row[ENCODING]:
-                return {**result, "skipped": row[ENCODING]["skipped"]}
+                return {"skipped": row[ENCODING]["skipped"]}
             theirs.append(row[ENCODING]["tokens_per_second"])
     return {
-        **result,
         "served": served,
         "llama.cpp": theirs,
         "served_ratio_of_medians": statistics.median(served)
@@ -88,20 +78,12 @@ def served_one_stream_in_turns(
 
 
 def floor_rows(results: dict[str, Any]) -> list[tuple[str, float | None, float]]:
-    """Issue 25's 8-bit floors, `(name, measured or None, required)`: ours
-    served on Q8_0 against CTranslate2 int8 in process, at one stream and
-    at the run's most streams. None until CTranslate2 is a peer."""
-    many = max(results["workload"]["levels"])
-    ct2 = (results.get(RESULTS_KEY) or {}).get("ctranslate2_int8") or {}
-    return [
-        (
-            f"max serve, {n} stream{'s' if n > 1 else ''}, Q8_0 / CTranslate2 int8 "
-            "in process",
-            (ct2.get("ratio_of_medians") or {}).get(n),
-            1.0,
-        )
-        for n in (1, many)
-    ]
+    """The 8-bit floors (Q8_0 / CTranslate2 int8) and the float32 ones are
+    `ctranslate2_turns.floor_rows`; `report.floors` still calls this name.
+    Remove once it calls `ctranslate2_turns.floor_rows` itself."""
+    from . import ctranslate2_turns
+
+    return ctranslate2_turns.floor_rows(results)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -119,7 +101,4 @@ def table(results: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"- Q8_0 turns: skipped ({rounds['skipped'][:200]})")
-    ct2 = rounds.get("ctranslate2_int8") or {}
-    if "skipped" in ct2:
-        lines.append(f"- CTranslate2 int8: not measured ({ct2['skipped'][:200]})")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """The benchmark's Q8_0 rows: ours served and llama.cpp in turns on one
-file, and CTranslate2 int8 reported as not measured until it is a peer.
-No server starts: `max serve`, the load and llama.cpp are stand-ins that
+file (Q8_0 against CTranslate2 int8 is test_bench_ctranslate2). No server
+starts: `max serve`, the load and llama.cpp are stand-ins that
 record the order they ran in."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import gpt2_max.server
-from bench import load, q8_0_turns, report
+from bench import load, q8_0_turns
 
 from .test_bench_report import results
 
@@ -87,13 +87,11 @@ def test_ours_served_and_llama_cpp_take_turns_on_the_same_file(calls):
     assert out["served"] == [100.0, 70.0, 90.0]
     assert out["llama.cpp"] == [50.0, 100.0, 60.0]
     assert out["served_ratio_of_medians"] == 90.0 / 60.0
-    assert out["ctranslate2_int8"] == q8_0_turns.CTRANSLATE2_INT8
     data = {**results(), q8_0_turns.RESULTS_KEY: out}
     table = q8_0_turns.table(data)
     assert "ours served 100.0, 70.0, 90.0 tok/s" in table
     assert "llama.cpp in process 50.0, 100.0, 60.0" in table
     assert "ratio of the medians 1.50" in table
-    assert "CTranslate2 int8: not measured" in table
 
 
 def test_without_llama_cpp_no_server_starts(calls):
@@ -109,25 +107,6 @@ def test_a_llama_cpp_turn_that_fails_skips_the_turns(calls):
     out = _turns(calls, [{"skipped": "llama.cpp child failed: boom"}])
     assert out["skipped"] == "llama.cpp child failed: boom"
     assert "served" not in out
-
-
-def test_ctranslate2_int8_floors_stay_unmeasured_until_it_is_a_peer():
-    data = results()
-    rows = {row["floor"]: row for row in report.floors(data)}
-    for name in (
-        "max serve, 1 stream, Q8_0 / CTranslate2 int8 in process",
-        "max serve, 32 streams, Q8_0 / CTranslate2 int8 in process",
-    ):
-        assert rows[name]["measured"] is None and rows[name]["met"] is None
-        assert rows[name]["required"] == 1.0
-    # The hook's format, once issue 25 fills it in.
-    data[q8_0_turns.RESULTS_KEY] = {
-        "ctranslate2_int8": {"ratio_of_medians": {1: 1.2, 32: 0.9}}
-    }
-    rows = {row["floor"]: row for row in report.floors(data)}
-    assert rows["max serve, 1 stream, Q8_0 / CTranslate2 int8 in process"]["met"]
-    many = rows["max serve, 32 streams, Q8_0 / CTranslate2 int8 in process"]
-    assert many["measured"] == 0.9 and many["met"] is False
 
 
 def test_q8_0_is_measured_by_default():
