@@ -83,6 +83,66 @@ def served_in_turns(
     }
 
 
+def measure_peer(
+    checkpoint: Path,
+    q8_0_gguf: Path | None,
+    *,
+    prompts: list[list[int]],
+    max_tokens: int,
+    threads: int,
+    rounds: int,
+    streams: tuple[int, ...],
+    out: Path,
+    peers_dir: Path,
+) -> dict[str, Any]:
+    """All of `results["ctranslate2"]`: installs the peer, converts
+    `checkpoint` (float32, int8), checks float32 greedy against
+    transformers, then float32 turns against ours served float32 and int8
+    turns against ours served on `q8_0_gguf` (None: not written this run).
+    What cannot run is `{skipped}` with the reason."""
+    from . import peer_ctranslate2, peer_venv
+    from .workload import F32_SERVE_ARGS, gguf_serve_args
+
+    try:
+        python = peer_ctranslate2.install(peers_dir)
+        dirs = {
+            kind: peer_ctranslate2.convert(
+                python, checkpoint, out / "checkpoints", kind
+            )
+            for kind in peer_ctranslate2.COMPUTE_TYPES
+        }
+    except (peer_venv.PeerUnavailable, peer_ctranslate2.ChildFailed) as e:
+        print(f"[ctranslate2] skipped: {e}", flush=True)
+        return {kind: {"skipped": str(e)} for kind in SERVED_AS}
+    result: dict[str, Any] = {
+        "check": peer_ctranslate2.check_greedy(
+            python, checkpoint, dirs["float32"], prompts[:3], 16, threads
+        )
+    }
+    serve_args = {
+        "float32": F32_SERVE_ARGS,
+        "int8": gguf_serve_args(q8_0_gguf) if q8_0_gguf else None,
+    }
+    for kind, args in serve_args.items():
+        if args is None:
+            result[kind] = {"skipped": "no Q8_0 file: q8_0 not among the encodings"}
+            continue
+        result[kind] = served_in_turns(
+            checkpoint,
+            args,
+            python,
+            dirs[kind],
+            kind,
+            prompts=prompts,
+            max_tokens=max_tokens,
+            threads=threads,
+            rounds=rounds,
+            streams=streams,
+            log_path=out / f"ours-ctranslate2-{kind}-turns.log",
+        )
+    return result
+
+
 def _streams(n: int) -> str:
     return f"{n} stream{'s' if n > 1 else ''}"
 

@@ -149,7 +149,7 @@ def test_a_conversion_is_reused_for_the_same_checkpoint(monkeypatch, tmp_path):
     def run_child(python, job):
         jobs.append(job["args"])
         out = Path(job["args"][job["args"].index("--output_dir") + 1])
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "model.bin").write_bytes(b"")
         return {}
 
@@ -195,3 +195,76 @@ def test_the_child_asks_for_exactly_max_tokens_and_fails_on_fewer():
     assert gen.options["sampling_topk"] == 1
     with pytest.raises(RuntimeError, match=r"asked for 16 new tokens, got \[3, 16\]"):
         ctranslate2_child.generate(FakeGenerator([16, 3]), [["a"], ["b"]], 16)
+
+
+def _measure_peer(monkeypatch, tmp_path, q8_0: Path | None, install=None) -> tuple:
+    from bench import workload
+
+    turns: list = []
+    monkeypatch.setattr(
+        peer_ctranslate2, "install", install or (lambda root: Path("ct2/python"))
+    )
+    monkeypatch.setattr(
+        peer_ctranslate2, "convert", lambda py, ckpt, out, kind: out / f"ct2-{kind}"
+    )
+    monkeypatch.setattr(
+        peer_ctranslate2,
+        "check_greedy",
+        lambda *a: {"greedy_matches_transformers": True, "args": a},
+    )
+    monkeypatch.setattr(workload, "gguf_serve_args", lambda path: ["gguf", str(path)])
+
+    def served_in_turns(ckpt, args, python, model_dir, kind, **options):
+        turns.append((args, python, model_dir, kind, options["streams"]))
+        return {"compute_type": kind}
+
+    monkeypatch.setattr(ctranslate2_turns, "served_in_turns", served_in_turns)
+    out = ctranslate2_turns.measure_peer(
+        Path("ckpt"), q8_0, prompts=PROMPTS, max_tokens=128, threads=2, rounds=5,
+        streams=(1, 32), out=tmp_path, peers_dir=tmp_path / "peers",
+    )  # fmt: skip
+    return out, turns
+
+
+def test_the_peer_runs_float32_against_float32_and_int8_against_q8_0(
+    monkeypatch, tmp_path
+):
+    out, turns = _measure_peer(monkeypatch, tmp_path, Path("/m/ckpt-q8_0.gguf"))
+    models = tmp_path / "checkpoints"
+    assert turns == [
+        (
+            ["--devices", "cpu", "--quantization-encoding", "float32"],
+            Path("ct2/python"),
+            models / "ct2-float32",
+            "float32",
+            (1, 32),
+        ),
+        (
+            ["gguf", "/m/ckpt-q8_0.gguf"],
+            Path("ct2/python"),
+            models / "ct2-int8",
+            "int8",
+            (1, 32),
+        ),
+    ]
+    assert out["check"]["args"][2] == models / "ct2-float32"
+    assert out["float32"] == {"compute_type": "float32"}
+    assert out["int8"] == {"compute_type": "int8"}
+
+
+def test_without_a_q8_0_file_or_a_peer_what_is_missing_says_why(monkeypatch, tmp_path):
+    from bench.peer_venv import PeerUnavailable
+
+    out, turns = _measure_peer(monkeypatch, tmp_path, None)
+    assert [t[3] for t in turns] == ["float32"]
+    assert out["int8"] == {"skipped": "no Q8_0 file: q8_0 not among the encodings"}
+
+    def install(root):
+        raise PeerUnavailable("pip failed")
+
+    out, turns = _measure_peer(monkeypatch, tmp_path, None, install)
+    assert turns == []
+    assert out == {
+        "float32": {"skipped": "pip failed"},
+        "int8": {"skipped": "pip failed"},
+    }
