@@ -179,6 +179,10 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             "- CTranslate2 float32 greedy tokens equal transformers': "
             f"{'yes' if check['greedy_matches_transformers'] else 'NO'}"
+            + "".join(
+                f"; the converter ignores {k}={v}"
+                for k, v in (check.get("config_the_converter_ignores") or {}).items()
+            )
         )
     for kind, served in SERVED_AS.items():
         turns = ct2.get(kind) or {"skipped": "not run"}
