@@ -26,6 +26,7 @@ from gpt2_max.server import MaxServe, ServerProcess
 
 from . import (
     ceilings,
+    ctranslate2_turns,
     engine,
     one_stream,
     peer_llama_cpp,
@@ -41,7 +42,7 @@ from .peer_venv import PeerUnavailable
 from .peer_vllm import VllmServe
 from .workload import F32_SERVE_ARGS, gguf_serve_args, prompts, write_gguf_once
 
-PEERS = ("llama.cpp", "vllm")
+PEERS = ("llama.cpp", "vllm", "ctranslate2")
 DEFAULT_ENCODINGS = "q8_0,q4_0,q4_k,q6_k,f16,bf16"
 
 
@@ -359,6 +360,19 @@ def main() -> None:
             served_prompt=prompts(tokenizer, 1, 32)[0],
             max_tokens=max_tokens,
             bytes_per_token=bytes_per_token,
+        )
+
+    if "ctranslate2" in opts.peers_requested:
+        results[ctranslate2_turns.RESULTS_KEY] = ctranslate2_turns.measure_peer(
+            gpt2,
+            files.get("q8_0"),
+            prompts=prompts(tokenizer, many, 32),
+            max_tokens=max_tokens,
+            threads=threads,
+            rounds=1 if quick else 5,
+            streams=(1, many),
+            out=out,
+            peers_dir=opts.peers_dir,
         )
 
     if not (quick or opts.no_xl):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from . import ctranslate2_turns
+
 FloorRow = tuple[str, float | None, float]
 
 
@@ -83,7 +85,7 @@ def rows(results: dict[str, Any]) -> list[FloorRow]:
                 0.9,
             )
         )
-    return found
+    return found + ctranslate2_turns.floor_rows(results)
 
 
 def bandwidth_errors(results: dict[str, Any]) -> list[str]:

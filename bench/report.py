@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from . import floors
+from . import ctranslate2_turns, floors
 from .floors import ratio
 
 
@@ -303,6 +303,7 @@ def render(results: dict[str, Any]) -> str:
         gguf_table(results),
         one_stream_table(results),
         xl_table(results),
+        ctranslate2_turns.table(results),
         floors.table(found, floors.bandwidth_errors(results)),
     ]
     return "\n\n".join(x for x in sections if x) + "\n"
