@@ -4,8 +4,9 @@ Floors: ours served float32 >= 1.0x CTranslate2 float32, and ours served
 Q8_0 >= 1.0x CTranslate2 int8 (8-bit against 8-bit), at one stream and
 at many. Single figures move 10-30 % between moments of a run, so each
 turn measures ours then CTranslate2 at every stream count, and the ratio
-is of the turns' medians. The server stays up, idle, through
-CTranslate2's turns (one child process per turn).
+is of the turns' medians. The server stays up through
+CTranslate2's turns (one child process per turn), paused (SIGSTOP):
+an idle MAX server polls about a tenth of a core.
 """
 
 from __future__ import annotations
@@ -60,15 +61,19 @@ def served_in_turns(
             for n in streams:
                 level = load.run_level(srv.url, srv.model, prompts[:n], max_tokens)
                 ours[str(n)].append(level.tokens_per_second)
-            row = measure(
-                ct2_python,
-                ct2_model_dir,
-                compute_type,
-                prompts,
-                max_tokens,
-                threads,
-                batches=tuple(streams),
-            )
+            srv.pause()  # an idle server polls; CTranslate2 gets the cores
+            try:
+                row = measure(
+                    ct2_python,
+                    ct2_model_dir,
+                    compute_type,
+                    prompts,
+                    max_tokens,
+                    threads,
+                    batches=tuple(streams),
+                )
+            finally:
+                srv.resume()
             if "skipped" in row:
                 return {"compute_type": compute_type, "skipped": row["skipped"]}
             for k in keys:

@@ -4,8 +4,9 @@ Single figures of either move 10-30 % between moments of a run on these
 machines, and the machine's bandwidth with them, so every ratio here is
 of medians over turns that alternate within a minute or two: ours (the
 engine alone, in a process of its own, its decode steps bracketed by
-bandwidth probes; on float32 also `max serve`, the server up and idle
-through every turn) then llama.cpp in process on the same GGUF file.
+bandwidth probes; on the files a server is up for, also `max serve`)
+then llama.cpp in process on the same GGUF file. The servers stay up
+through every turn, paused (SIGSTOP) but while they serve theirs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gpt2_max.server import ServerProcess
 
 from . import ceilings, engine, peer_llama_cpp
 from .load import run_level
+from .served import only
 from .workload import gguf_serving
 
 
@@ -53,45 +55,76 @@ def turns(
     `bytes_per_token` (label -> bytes a decode step reads) turns each
     engine turn into a share of its bracketing bandwidth probes."""
     results: dict[str, Any] = {}
-    for label, path in files.items():
-        ours: list[dict[str, Any]] = []
-        theirs: list[dict[str, Any]] = []
-        served_tps: list[float] = []
-        for turn in range(rounds[label]):
-            print(f"[one stream] {label}, turn {turn + 1} of {rounds[label]}")
-            if label == "f32":
-                kwargs: dict[str, Any] = {"architecture": gpt2_arch}
-            else:
-                encoding, weight_path = gguf_serving(path)
-                kwargs = {"encoding": encoding, "weight_path": weight_path}
-            ours.append(
-                engine_measure(
-                    checkpoint,
-                    1,
-                    prefill_tokens=prefill_tokens,
-                    probe_threads=threads,
-                    **kwargs,
-                )
-            )
-            server = (served or {}).get(label)
-            if server is not None:
-                level = run_level(server.url, server.model, [served_prompt], max_tokens)
-                served_tps.append(level.tokens_per_second)
-            if llama_cpp_python is None:
-                theirs = [{"skipped": why_not}]
-                continue
-            row = llama_cpp_measure(
-                llama_cpp_python,
-                {label: path},
-                threads=threads,
-                prefill_tokens=prefill_tokens,
-            )[label]
-            if "skipped" in row:
-                theirs = [row]
-                break
-            theirs.append(row)
-        results[label] = summarize(ours, theirs, served_tps, bytes_per_token[label])
+    servers = list((served or {}).values())
+    with only(None, servers):
+        for label, path in files.items():
+            results[label] = _file_turns(
+                checkpoint, label, path, llama_cpp_python, why_not, threads,
+                rounds[label], prefill_tokens, served or {},
+                served_prompt, max_tokens, bytes_per_token[label],
+                engine_measure, llama_cpp_measure,
+            )  # fmt: skip
     return results
+
+
+def _file_turns(
+    checkpoint: Path,
+    label: str,
+    path: Path,
+    llama_cpp_python: Path | None,
+    why_not: str,
+    threads: int,
+    rounds: int,
+    prefill_tokens: int,
+    served: dict[str, ServerProcess],
+    served_prompt: list[int] | None,
+    max_tokens: int,
+    bytes_per_token: float,
+    engine_measure: Callable[..., dict[str, Any]],
+    llama_cpp_measure: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
+    """One file's turns (see `turns`), with every server paused."""
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    served_tps: list[float] = []
+    for turn in range(rounds):
+        print(f"[one stream] {label}, turn {turn + 1} of {rounds}")
+        if label == "f32":
+            kwargs: dict[str, Any] = {"architecture": gpt2_arch}
+        else:
+            encoding, weight_path = gguf_serving(path)
+            kwargs = {"encoding": encoding, "weight_path": weight_path}
+        ours.append(
+            engine_measure(
+                checkpoint,
+                1,
+                prefill_tokens=prefill_tokens,
+                probe_threads=threads,
+                **kwargs,
+            )
+        )
+        server = served.get(label)
+        if server is not None:
+            server.resume()
+            try:
+                level = run_level(server.url, server.model, [served_prompt], max_tokens)
+            finally:
+                server.pause()
+            served_tps.append(level.tokens_per_second)
+        if llama_cpp_python is None:
+            theirs = [{"skipped": why_not}]
+            continue
+        row = llama_cpp_measure(
+            llama_cpp_python,
+            {label: path},
+            threads=threads,
+            prefill_tokens=prefill_tokens,
+        )[label]
+        if "skipped" in row:
+            theirs = [row]
+            break
+        theirs.append(row)
+    return summarize(ours, theirs, served_tps, bytes_per_token)
 
 
 def summarize(

@@ -1,8 +1,9 @@
 """Served throughput at each concurrency, every server in turns.
 
 All servers being compared (ours, MAX's Llama, vLLM CPU) are up at once,
-each idle at 1-4 % of a core while another is measured, and each level is
-measured on each of them in turn, round after round; `transformers`, the
+and each level is measured on each of them in turn, round after round,
+the others paused meanwhile (`only`: an idle MAX server polls about a
+tenth of a core, which would tax whoever is measured beside it); `transformers`, the
 in-process baseline, takes its turn at the same batch size in a process
 of its own. Every figure is then the median of its turns, and every ratio
 between two sides is of figures taken within the same minute or two: on
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,21 @@ from gpt2_max.server import ServerProcess
 from . import peers
 from .load import LevelResult, run_level
 from .workload import prompts
+
+
+@contextmanager
+def only(
+    running: ServerProcess | None, servers: Iterable[ServerProcess]
+) -> Iterator[None]:
+    """Every server of `servers` but `running` paused (SIGSTOP) meanwhile."""
+    paused = [srv for srv in servers if srv is not running]
+    for srv in paused:
+        srv.pause()
+    try:
+        yield
+    finally:
+        for srv in paused:
+            srv.resume()
 
 
 def level_summary(level: LevelResult) -> dict[str, Any]:
@@ -88,14 +105,17 @@ def levels_in_turns(
             batch = prompts(tokenizer, n, 32)
             for side, srv in servers.items():
                 print(f"[served] {n} streams, {side}, turn {turn + 1} of {rounds}")
-                level = run_level(srv.url, srv.model, batch, max_tokens)
+                with only(srv, servers.values()):
+                    level = run_level(srv.url, srv.model, batch, max_tokens)
                 turns[side][n].append(level_summary(level))
             if transformers is not None:
-                turns["transformers"][n].append(transformers(batch))
+                with only(None, servers.values()):
+                    turns["transformers"][n].append(transformers(batch))
         for length in ttft_lengths:
             prompt = prompts(tokenizer, 1 + turn, length)[turn]
             for side, srv in servers.items():
-                first = run_level(srv.url, srv.model, [prompt], 2).streams[0].ttft
+                with only(srv, servers.values()):
+                    first = run_level(srv.url, srv.model, [prompt], 2).streams[0].ttft
                 ttft[side][length].append(first)
     result: dict[str, dict[str, Any]] = {
         side: {

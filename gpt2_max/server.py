@@ -104,8 +104,19 @@ class ServerProcess:
         except OSError:
             return False
 
+    def pause(self) -> None:
+        """SIGSTOP to every process of the server: a benchmark measuring
+        something else meanwhile gets the CPU an idle server would poll."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self, grace: float = 30.0) -> None:
         """SIGINT (a clean shutdown), then SIGKILL for whatever is left."""
+        self.resume()  # a paused server cannot act on SIGINT
         if self.process is not None:
             stop_group(self.process, signal.SIGINT, grace)
 

@@ -27,7 +27,14 @@ class FakeServe:
 
     def __init__(self, calls: list, model_path, extra_args, *, log_path) -> None:
         calls.append(("serve", str(model_path), list(extra_args)))
+        self.calls = calls
         self.url, self.model = "http://127.0.0.1:1", "fake"
+
+    def pause(self) -> None:
+        self.calls.append(("pause",))
+
+    def resume(self) -> None:
+        self.calls.append(("resume",))
 
     def __enter__(self):
         return self
@@ -91,9 +98,10 @@ def test_ours_and_ctranslate2_take_turns_at_each_stream_count(calls):
     serve, warm_up, *turns = calls
     assert serve[2] == ["--devices", "cpu", "--quantization-encoding", "float32"]
     assert warm_up == ("ours", 2, 4)
-    assert [t[0] for t in turns] == ["ours", "ours", "ct2"] * 3
+    # The server is paused (SIGSTOP) through each CTranslate2 turn only.
+    assert [t[0] for t in turns] == ["ours", "ours", "pause", "ct2", "resume"] * 3
     assert turns[:2] == [("ours", 1, 128), ("ours", 32, 128)]
-    assert turns[2] == ("ct2", Path("/m/ckpt-ct2-int8"), "int8", 32, 128, (1, 32))
+    assert turns[3] == ("ct2", Path("/m/ckpt-ct2-int8"), "int8", 32, 128, (1, 32))
     assert out["ours"] == {"1": [100.0, 70.0, 90.0], "32": [900.0, 1100.0, 1000.0]}
     assert out["ctranslate2"] == {"1": [50, 100, 60], "32": [1000, 800, 1200]}
     assert out["ratio_of_medians"] == {"1": 90.0 / 60, "32": 1000.0 / 1000}

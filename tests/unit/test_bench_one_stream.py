@@ -15,6 +15,15 @@ from bench import one_stream
 class FakeServer:
     url, model = "http://127.0.0.1:1", "fake"
 
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def pause(self) -> None:
+        self.calls.append(("pause",))
+
+    def resume(self) -> None:
+        self.calls.append(("resume",))
+
 
 @pytest.fixture
 def calls(monkeypatch) -> list:
@@ -79,13 +88,19 @@ def run(calls, engine_speeds, llama_speeds, python=Path("py"), served=None):
 
 
 def test_sides_alternate_within_each_turn(calls):
-    out = run(calls, [40, 30, 45, 160], [30, 50, 40, 150], served={"f32": FakeServer()})
-    assert calls[:6] == [
-        ("engine", "float32", 2), ("served", 1, 128), ("llama.cpp", "f32", 512),
-        ("engine", "float32", 2), ("served", 1, 128), ("llama.cpp", "f32", 512),
+    server = FakeServer(calls)
+    out = run(calls, [40, 30, 45, 160], [30, 50, 40, 150], served={"f32": server})
+    # The server is paused but while it serves its own turn.
+    assert calls[:11] == [
+        ("pause",),
+        ("engine", "float32", 2), ("resume",), ("served", 1, 128), ("pause",),
+        ("llama.cpp", "f32", 512),
+        ("engine", "float32", 2), ("resume",), ("served", 1, 128), ("pause",),
+        ("llama.cpp", "f32", 512),
     ]  # fmt: skip
+    assert calls[-1] == ("resume",)
     # No server of the q8_0 file: its turn is the engine and llama.cpp.
-    assert calls[-2:] == [("engine", "q8_0", 2), ("llama.cpp", "q8_0", 512)]
+    assert calls[-3:-1] == [("engine", "q8_0", 2), ("llama.cpp", "q8_0", 512)]
     f32 = out["f32"]
     assert f32["ratio_of_medians"] == 40 / 40
     assert f32["served_ratio_of_medians"] == 70 / 40
