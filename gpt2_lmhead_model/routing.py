@@ -8,6 +8,7 @@ tensors; loading (`WeightPlan.pack`), the graph (`layers.GPT2Linear`) and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,6 +41,29 @@ CPU_GGML_FORMATS: dict[Q, WeightFormat] = {
 and every encoding off the CPU, where MAX's ggml kernels do not run, is
 dequantized at load."""
 
+GGML_KERNELS_SWITCH = "GPT2_MAX_GGML_KERNELS"
+"""`max`: Q4_K and Q6_K matrices on MAX's own ggml matmul (`ops.qmatmul`)
+instead of this package's panel kernels (`ours`, the default): the other
+side of the benchmark's kernel ablation (`bench/ablations.py`)."""
+MAX_GGML_FORMATS: dict[Q, WeightFormat] = {
+    Q.Q4_K: MaxGGML(QuantizationEncoding.Q4_K),
+    Q.Q6_K: MaxGGML(QuantizationEncoding.Q6_K),
+}
+"""What `GPT2_MAX_GGML_KERNELS=max` puts in place of `CPU_GGML_FORMATS`'."""
+
+
+def cpu_ggml_formats() -> dict[Q, WeightFormat]:
+    """`CPU_GGML_FORMATS`, with MAX's kernels where `GGML_KERNELS_SWITCH`
+    asks for them. Read where the plan is made, so in `max serve`'s model
+    worker, which inherits the server's environment."""
+    value = os.environ.get(GGML_KERNELS_SWITCH, "ours")
+    if value == "ours":
+        return CPU_GGML_FORMATS
+    if value == "max":
+        return {**CPU_GGML_FORMATS, **MAX_GGML_FORMATS}
+    raise ValueError(f"{GGML_KERNELS_SWITCH}={value!r}: expected 'ours' or 'max'")
+
+
 HEAD = "lm_head"
 
 
@@ -66,8 +90,9 @@ def choose_format(
     own width (half floats widen exactly in registers, at half the bytes).
     """
     if device.is_cpu():
-        if ggml_type in CPU_GGML_FORMATS:
-            return CPU_GGML_FORMATS[ggml_type]
+        ggml_formats = cpu_ggml_formats()
+        if ggml_type in ggml_formats:
+            return ggml_formats[ggml_type]
         if dtype == DType.float32:
             half = ggml_type is None and stored_dtype in HALF_FLOATS
             return FloatPanels(stored_dtype if half else DType.float32)

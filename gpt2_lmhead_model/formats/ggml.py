@@ -1,6 +1,7 @@
 """MAX's ggml matmul (`ops.qmatmul`) on blocks kept as the file stores
 them: CPU only, for the ggml encodings this package has no kernel for and
-MAX has (Q4_0)."""
+MAX has (Q4_0), and for Q4_K and Q6_K with `GPT2_MAX_GGML_KERNELS=max`
+(`routing`)."""
 
 from __future__ import annotations
 

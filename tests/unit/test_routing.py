@@ -19,7 +19,13 @@ from gpt2_lmhead_model.formats import (
     Q8Panels,
     StoredTensor,
 )
-from gpt2_lmhead_model.routing import HEAD, choose_format, matrix_names, route_weights
+from gpt2_lmhead_model.routing import (
+    GGML_KERNELS_SWITCH,
+    HEAD,
+    choose_format,
+    matrix_names,
+    route_weights,
+)
 
 CPU, GPU = DeviceRef.CPU(), DeviceRef.GPU()
 Q = gguf.GGMLQuantizationType
@@ -50,8 +56,35 @@ F32, BF16, F16 = DType.float32, DType.bfloat16, DType.float16
         (DType.uint8, Q.Q8_0, GPU, F32, True, Dense(F32)),
     ],
 )
-def test_choose_format(stored, ggml, device, dtype, head, expected):
+def test_choose_format(monkeypatch, stored, ggml, device, dtype, head, expected):
+    monkeypatch.delenv(GGML_KERNELS_SWITCH, raising=False)
     assert choose_format(stored, ggml, device, dtype, head) == expected
+
+
+@pytest.mark.parametrize(
+    ("switch", "ggml", "device", "expected"),
+    [
+        ("ours", Q.Q4_K, CPU, Q4KPanels()),
+        ("max", Q.Q4_K, CPU, MaxGGML(QuantizationEncoding.Q4_K)),
+        ("max", Q.Q6_K, CPU, MaxGGML(QuantizationEncoding.Q6_K)),
+        # only the K-quants switch: Q8_0 has no MAX kernel, Q4_0 no panel one
+        ("max", Q.Q8_0, CPU, Q8Panels()),
+        ("max", Q.Q4_0, CPU, MaxGGML(QuantizationEncoding.Q4_0)),
+        # off the CPU MAX's ggml kernels do not run: dequantized either way
+        ("max", Q.Q4_K, GPU, Dense(F32)),
+    ],
+)
+def test_ggml_kernels_switch_puts_max_qmatmul_under_the_k_quants(
+    monkeypatch, switch, ggml, device, expected
+):
+    monkeypatch.setenv(GGML_KERNELS_SWITCH, switch)
+    assert choose_format(DType.uint8, ggml, device, F32) == expected
+
+
+def test_ggml_kernels_switch_refuses_an_unknown_value(monkeypatch):
+    monkeypatch.setenv(GGML_KERNELS_SWITCH, "MAX")
+    with pytest.raises(ValueError, match="GPT2_MAX_GGML_KERNELS='MAX'"):
+        choose_format(DType.uint8, Q.Q4_K, CPU, F32)
 
 
 def _stored(name, shape, ggml=None):
