@@ -13,6 +13,7 @@ throughput.png to --out.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
@@ -25,6 +26,7 @@ from gpt2_max.checkpoints import PRESETS, write_checkpoint
 from gpt2_max.server import MaxServe, ServerProcess
 
 from . import (
+    ablations,
     ceilings,
     ctranslate2_turns,
     engine,
@@ -195,6 +197,13 @@ def parse_args() -> argparse.Namespace:
         help="skip the GPT-2 XL shape (writes a 6.4 GB checkpoint; on by default "
         "except with --quick)",
     )
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also the long ablations (bench/ablations.py), each in turns: runtime "
+        "threads, metrics recording, echo, our ggml kernels against MAX's, GPT-2 "
+        "XL at 1 and 8 streams",
+    )
     opts = parser.parse_args()
     opts.peers_requested = split_list(opts.peers, "" if opts.quick else ",".join(PEERS))
     unknown = set(opts.peers_requested) - set(PEERS)
@@ -304,6 +313,7 @@ def main() -> None:
             else data
         )
 
+    save_partial(results, out)
     # The engine alone, ours and MAX's Llama in turns, at the most streams.
     many_engine = engine_in_turns(
         {"ours": (gpt2, {"architecture": gpt2_arch}), "llama": (llama, {})},
@@ -323,6 +333,7 @@ def main() -> None:
         for encoding in encodings
     }
 
+    save_partial(results, out)
     # One stream in process against llama.cpp on every file, in turns,
     # each turn of ours bracketed by bandwidth probes.
     python, why_not = llama_cpp_python(opts.peers_requested, opts.peers_dir)
@@ -362,6 +373,7 @@ def main() -> None:
             bytes_per_token=bytes_per_token,
         )
 
+    save_partial(results, out)
     if "ctranslate2" in opts.peers_requested:
         results[ctranslate2_turns.RESULTS_KEY] = ctranslate2_turns.measure_peer(
             gpt2,
@@ -375,8 +387,21 @@ def main() -> None:
             peers_dir=opts.peers_dir,
         )
 
+    save_partial(results, out)
     if not (quick or opts.no_xl):
         results["xl"] = xl.measure(out, python, threads=threads, rounds=rounds)
+
+    save_partial(results, out)
+    if opts.ablations:
+        results["ablations"] = ablations.run(
+            gpt2,
+            out,
+            tokenizer,
+            threads=threads,
+            rounds=rounds,
+            max_tokens=max_tokens,
+            quick=quick,
+        )
 
     results["load_average"]["end"] = os.getloadavg()
     # The ceilings are the best the machine was seen to do: every probe of
@@ -407,6 +432,11 @@ def bracket_probes(results: dict[str, Any]) -> list[dict[str, float]]:
                     if gbs:
                         probes.append({"read_bandwidth_gbs": gbs})
     return probes
+
+
+def save_partial(results: dict[str, Any], out: Path) -> None:
+    """What the run has measured so far, kept should a later stage fail."""
+    (out / "results.partial.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 def split_list(value: str | None, default: str) -> list[str]:

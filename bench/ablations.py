@@ -37,6 +37,7 @@ from gpt2_max.server import METRIC_RECORDING, MaxServe
 
 from . import ceilings, echo_cost, engine
 from .load import run_level
+from .served import only
 from .workload import F32_SERVE_ARGS, gguf_serving, prompts, write_gguf_once
 
 SHIPPED = {NICE_VARIABLE: str(WORKER_NICE), METRIC_RECORDING: "NOOP"}
@@ -104,9 +105,10 @@ def run(
     written under `out`); `quick`: one round, few tokens, no XL."""
     rounds = 1 if quick else rounds
     bandwidth: list[float] = []
+    prober = ceilings.BandwidthProbe(threads, 128 if quick else ceilings.PROBE_MIB)
 
     def probe() -> None:
-        bandwidth.append(ceilings.read_bandwidth_gbs(threads, 128 if quick else 1024))
+        bandwidth.append(prober.measure()["gbs"])
 
     streams = [1, 2] if quick else [1, 32]
     rows = served(checkpoint, out, tokenizer, streams, max_tokens, rounds, probe)
@@ -136,8 +138,8 @@ def served(
     rounds: int,
     probe: Callable[[], None],
 ) -> list[dict[str, Any]]:
-    """The runtime-threads and metrics ablations: all of `SERVERS` up
-    (idle, each takes 1-4 % of a core), each level in turns across them."""
+    """The runtime-threads and metrics ablations: all of `SERVERS` up, each
+    level in turns across them, the others paused (`served.only`)."""
     rows = []
     with ExitStack() as stack:
         servers = {
@@ -157,9 +159,14 @@ def served(
         def level(name: str, n: int) -> Callable[[], float]:
             srv = servers[name]
             work = prompts(tokenizer, n, 32)
-            return lambda: (
-                run_level(srv.url, srv.model, work, max_tokens).tokens_per_second
-            )
+
+            def turn() -> float:
+                with only(srv, servers.values()):
+                    return run_level(
+                        srv.url, srv.model, work, max_tokens
+                    ).tokens_per_second
+
+            return turn
 
         for n in streams:
             print(f"[ablations] served, {n} streams", flush=True)

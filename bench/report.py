@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from . import ctranslate2_turns, floors
+from . import ablations, ctranslate2_turns, floors
 from .floors import ratio
 
 
@@ -304,6 +304,7 @@ def render(results: dict[str, Any]) -> str:
         one_stream_table(results),
         xl_table(results),
         ctranslate2_turns.table(results),
+        ablations.table(results["ablations"]) if "ablations" in results else "",
         floors.table(found, floors.bandwidth_errors(results)),
     ]
     return "\n\n".join(x for x in sections if x) + "\n"
