@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,9 @@ def main() -> None:
         },
         "peers_requested": opts.peers_requested,
         "load_average": {"start": os.getloadavg()},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
+    started = time.monotonic()
     startup: dict[str, dict[str, float]] = {"ours": {}, "llama": {}}
     if not (quick or opts.no_cold):
         startup["ours"]["cold"] = cold_start(
@@ -404,6 +407,8 @@ def main() -> None:
         )
 
     results["load_average"]["end"] = os.getloadavg()
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    results["duration_minutes"] = (time.monotonic() - started) / 60
     # The ceilings are the best the machine was seen to do: every probe of
     # the run, the brackets of each turn included.
     end = probe()

@@ -295,10 +295,32 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def run_line(results: dict[str, Any]) -> str:
+    """When, how long and on what the run measured."""
+    machine = results["machine"]
+    when = (
+        f"{results['started']} to {results['finished']} "
+        f"({results['duration_minutes']:.0f} minutes), "
+        if "started" in results
+        else ""
+    )
+    return (
+        f"Run: {when}{machine['cores']} cores, {machine['cpu']}, "
+        f"{', '.join(machine.get('simd_flags', []))}; load average "
+        f"{results['load_average']['start'][0]:.2f} at the start"
+        + (
+            f", {results['load_average']['end'][0]:.2f} at the end"
+            if "end" in results["load_average"]
+            else ""
+        )
+    )
+
+
 def render(results: dict[str, Any]) -> str:
     """table.md's text, from results.json's content alone."""
     found = results.get("floors") or floors.evaluate(floor_rows(results))
     sections = [
+        run_line(results),
         served_table(results),
         gguf_table(results),
         one_stream_table(results),

@@ -8,7 +8,9 @@ import json
 import re
 from pathlib import Path
 
-from bench import report
+import pytest
+
+from bench import publish, report
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "bench" / "results.json"
@@ -16,6 +18,8 @@ TABLE = ROOT / "docs" / "bench" / "table.md"
 
 DECIMAL = re.compile(r"(?<![\d.])\d+\.\d+(?![\d.])")
 """A decimal figure; dotted versions (26.7.0, 0.3.36) are not figures."""
+CODE = re.compile(r"`[^`]*`")
+"""Inline code: flags and settings (`--gpu-memory-utilization 0.3`), not figures."""
 NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?(?![\d.])")
 
 
@@ -57,5 +61,28 @@ def test_each_decimal_figure_in_the_benchmark_prose_is_in_the_cited_results():
         ("README.md", readme_benchmarks()),
         ("docs/BENCHMARKS.md", (ROOT / "docs" / "BENCHMARKS.md").read_text()),
     ):
-        missing = sorted(set(DECIMAL.findall(text)) - figures)
+        missing = sorted(set(DECIMAL.findall(CODE.sub("", text))) - figures)
         assert not missing, f"{name}: figures not in {TABLE.name}: {missing}"
+
+
+def test_publishing_puts_the_runs_table_between_the_markers(tmp_path):
+    (tmp_path / "bench").mkdir()
+    page = f"# B\n\nprose\n{publish.BEGIN}\nold\n{publish.END}\n\nmore prose\n"
+    (tmp_path / "BENCHMARKS.md").write_text(page)
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in publish.FILES:
+        (run / name).write_text(f"{name} of the run\n")
+    publish.publish(run, docs=tmp_path)
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert text == page.replace("\nold\n", "\ntable.md of the run\n")
+    assert (
+        tmp_path / "bench" / "results.json"
+    ).read_text() == "results.json of the run\n"
+    with pytest.raises(ValueError, match="markers"):
+        publish.splice("no markers", "x")
+
+
+def test_the_page_carries_the_published_table_whole():
+    page = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    assert publish.splice(page, TABLE.read_text()) == page
