@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from contextlib import ExitStack
@@ -42,31 +41,10 @@ from . import (
 )
 from .load import run_level
 from .peer_venv import PeerUnavailable
-from .peer_vllm import VllmServe
 from .workload import F32_SERVE_ARGS, gguf_serve_args, prompts, write_gguf_once
 
 PEERS = ("llama.cpp", "vllm", "ctranslate2")
 DEFAULT_ENCODINGS = "q8_0,q4_0,q4_k,q6_k,f16,bf16"
-
-
-def machine_info() -> dict[str, Any]:
-    flags: list[str] = []
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    simd = [f for f in flags if f.startswith(("avx", "fma", "amx", "sse4", "f16c"))]
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "simd_flags": sorted(simd),
-        "last_level_cache_bytes": ceilings.last_level_cache_bytes(),
-    }
 
 
 def cold_start(
@@ -83,39 +61,6 @@ def cold_start(
             env={"XDG_CACHE_HOME": cache},
         ) as srv:
             return srv.startup_seconds or 0.0
-
-
-def start_vllm(
-    stack: ExitStack, checkpoint: Path, out: Path, peers_dir: Path, streams: int
-) -> tuple[ServerProcess | None, str]:
-    """vLLM CPU serving the float32 checkpoint, or None and why not."""
-    try:
-        python = peer_vllm.install(peers_dir)
-        print("[vllm] start", flush=True)
-        return stack.enter_context(
-            VllmServe(
-                python, checkpoint, max_num_seqs=streams, log_path=out / "vllm.log"
-            )
-        ), ""
-    except (PeerUnavailable, RuntimeError, TimeoutError) as e:
-        why = peer_vllm.failure(out / "vllm.log") or str(e)[-500:]
-        print(f"[vllm] skipped: {why}", flush=True)
-        return None, why
-
-
-def engine_in_turns(
-    sides: dict[str, tuple[Path, dict[str, Any]]], batch: int, rounds: int
-) -> dict[str, dict[str, Any]]:
-    """Each side's engine alone at `batch`, alternating, `rounds` turns:
-    `{side: median turn}`."""
-    turns: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
-    for turn in range(rounds):
-        for side, (checkpoint, kwargs) in sides.items():
-            print(f"[engine] {side}, batch {batch}, turn {turn + 1} of {rounds}")
-            turns[side].append(
-                engine.decode_tokens_per_second(checkpoint, batch, **kwargs)
-            )
-    return {side: served.median_turn(t) for side, t in turns.items()}
 
 
 def measure_gguf(
@@ -246,7 +191,7 @@ def main() -> None:
             threads, 128 if quick else ceilings.PROBE_MIB, 512 if quick else 2048
         )
 
-    machine = {**machine_info(), **probe()}
+    machine = {**ceilings.machine_info(), **probe()}
     costs = ceilings.model_costs(PRESETS[preset], context=32 + max_tokens // 2)
     results: dict[str, Any] = {
         "model": f"{preset}-shaped GPT-2 (random weights)",
@@ -292,7 +237,7 @@ def main() -> None:
         for side in ("ours", "llama"):
             startup[side]["warm"] = servers[side].startup_seconds or 0.0
         if "vllm" in opts.peers_requested:
-            vllm, why = start_vllm(stack, gpt2, out, opts.peers_dir, many)
+            vllm, why = peer_vllm.start(stack, gpt2, out, opts.peers_dir, many)
             if vllm is None:
                 results["vllm"] = {"skipped": why}
             else:
@@ -318,7 +263,7 @@ def main() -> None:
 
     save_partial(results, out)
     # The engine alone, ours and MAX's Llama in turns, at the most streams.
-    many_engine = engine_in_turns(
+    many_engine = engine.in_turns(
         {"ours": (gpt2, {"architecture": gpt2_arch}), "llama": (llama, {})},
         many,
         rounds,

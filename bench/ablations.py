@@ -54,6 +54,10 @@ KERNELS = {"ours": "ours", "MAX qmatmul": "max"}
 """Kernel ablation side -> `GPT2_MAX_GGML_KERNELS`."""
 
 
+def streams_label(n: int) -> str:
+    return f"{n} stream{'s' if n > 1 else ''}"
+
+
 def ratio_of_medians(a: list[float], b: list[float]) -> float:
     """median(a) / median(b): how a side compares, turns taken."""
     return statistics.median(a) / statistics.median(b)
@@ -173,7 +177,7 @@ def served(
             turns = in_turns({name: level(name, n) for name in servers}, rounds, probe)
             for ablation, other in SERVED.items():
                 sides = {"shipped": turns["shipped"], other: turns[other]}
-                rows.append(comparison(ablation, f"{n} streams", "tok/s", sides))
+                rows.append(comparison(ablation, streams_label(n), "tok/s", sides))
     return rows
 
 
@@ -280,7 +284,7 @@ def xl_rows(
     """The q4_k file of `checkpoint` (GPT-2 XL's shape), engine alone, 1 and
     8 streams in turns: no other side, each row its tok/s and per stream."""
     path = write_gguf_once(checkpoint, out, "q4_k")
-    batches = {f"{b} streams": b for b in (1, 8)}
+    batches = {streams_label(b): b for b in (1, 8)}
     sides = {
         name: lambda b=b: engine_tps(checkpoint, b, path, "ours", steps=24, warmup=3)
         for name, b in batches.items()

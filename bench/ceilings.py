@@ -16,6 +16,8 @@ measurement error, reported as one and left out of every median.
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -48,6 +50,27 @@ def last_level_cache_bytes() -> int | None:
         scale = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
         sizes.append(int(text.rstrip("KM")) * scale)
     return max(sizes, default=None)
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU a run measured on: model, cores, SIMD flags, cache."""
+    flags: list[str] = []
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    simd = [f for f in flags if f.startswith(("avx", "fma", "amx", "sse4", "f16c"))]
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "simd_flags": sorted(simd),
+        "last_level_cache_bytes": last_level_cache_bytes(),
+    }
 
 
 class BandwidthProbe:

@@ -79,3 +79,26 @@ def measure_decode(
             result["prefill_seconds"] = statistics.median(prefills)
     step_s = statistics.median(times)
     return {**result, "step_ms": step_s * 1000, "tokens_per_second": batch / step_s}
+
+
+def in_turns(
+    sides: dict[str, tuple[Path, dict[str, Any]]], batch: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Each side's engine alone at `batch`, alternating, `rounds` turns:
+    `{side: median turn}`."""
+    turns: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for turn in range(rounds):
+        for side, (checkpoint, kwargs) in sides.items():
+            print(f"[engine] {side}, batch {batch}, turn {turn + 1} of {rounds}")
+            turns[side].append(decode_tokens_per_second(checkpoint, batch, **kwargs))
+    return {side: median_turn(t) for side, t in turns.items()}
+
+
+def median_turn(turns: list[dict[str, Any]]) -> dict[str, Any]:
+    """The turn of median speed (the lower one of an even count), whole,
+    with every turn's speed beside it."""
+    ranked = sorted(turns, key=lambda turn: turn["tokens_per_second"])
+    return {
+        **ranked[(len(ranked) - 1) // 2],
+        "turns": [turn["tokens_per_second"] for turn in turns],
+    }

@@ -10,6 +10,7 @@ wheel does not provide, so the server is started as a module instead.
 from __future__ import annotations
 
 import re
+from contextlib import ExitStack
 from pathlib import Path
 
 from gpt2_max.server import ServerProcess, free_port
@@ -67,3 +68,21 @@ def failure(log_path: Path) -> str | None:
         if found and "WARNING" not in line:
             return found.group(1).strip()
     return None
+
+
+def start(
+    stack: ExitStack, checkpoint: Path, out: Path, peers_dir: Path, streams: int
+) -> tuple[ServerProcess | None, str]:
+    """vLLM CPU serving the float32 checkpoint, or None and why not."""
+    try:
+        python = install(peers_dir)
+        print("[vllm] start", flush=True)
+        return stack.enter_context(
+            VllmServe(
+                python, checkpoint, max_num_seqs=streams, log_path=out / "vllm.log"
+            )
+        ), ""
+    except (peer_venv.PeerUnavailable, RuntimeError, TimeoutError) as e:
+        why = failure(out / "vllm.log") or str(e)[-500:]
+        print(f"[vllm] skipped: {why}", flush=True)
+        return None, why

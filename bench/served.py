@@ -23,6 +23,7 @@ from typing import Any
 from gpt2_max.server import ServerProcess
 
 from . import peers
+from .engine import median_turn
 from .load import LevelResult, run_level
 from .workload import prompts
 
@@ -55,16 +56,6 @@ def level_summary(level: LevelResult) -> dict[str, Any]:
         "wall_seconds": level.wall_seconds,
         "itl_p50_ms": pct[49] * 1000,
         "itl_p99_ms": pct[98] * 1000,
-    }
-
-
-def median_turn(turns: list[dict[str, Any]]) -> dict[str, Any]:
-    """The turn of median speed (the lower one of an even count), whole,
-    with every turn's speed beside it."""
-    ranked = sorted(turns, key=lambda turn: turn["tokens_per_second"])
-    return {
-        **ranked[(len(ranked) - 1) // 2],
-        "turns": [turn["tokens_per_second"] for turn in turns],
     }
 
 
