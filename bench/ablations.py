@@ -18,12 +18,10 @@ turns; a bandwidth probe before each round shows which state it ran in.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from gpt2_max.server import METRIC_RECORDING, MaxServe
 from . import ceilings, echo_cost, engine
 from .load import run_level
 from .served import only
+from .turns import in_own_process, ratio_of_medians
 from .workload import F32_SERVE_ARGS, gguf_serving, prompts, write_gguf_once
 
 SHIPPED = {NICE_VARIABLE: str(WORKER_NICE), METRIC_RECORDING: "NOOP"}
@@ -56,11 +55,6 @@ KERNELS = {"ours": "ours", "MAX qmatmul": "max"}
 
 def streams_label(n: int) -> str:
     return f"{n} stream{'s' if n > 1 else ''}"
-
-
-def ratio_of_medians(a: list[float], b: list[float]) -> float:
-    """median(a) / median(b): how a side compares, turns taken."""
-    return statistics.median(a) / statistics.median(b)
 
 
 def comparison(
@@ -179,14 +173,6 @@ def served(
                 sides = {"shipped": turns["shipped"], other: turns[other]}
                 rows.append(comparison(ablation, streams_label(n), "tok/s", sides))
     return rows
-
-
-def in_own_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`fn` in a fresh process: MAX's runtime keeps polling once a model has
-    run (`bench/engine.py`); it inherits this process's environment."""
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as child:
-        return child.submit(fn, *args, **kwargs).result()
 
 
 def echo_rows(

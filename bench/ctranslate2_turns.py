@@ -11,10 +11,11 @@ an idle MAX server polls about a tenth of a core.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .turns import ratio_of_medians
 
 RESULTS_KEY = "ctranslate2"
 SERVED_AS = {"float32": "float32", "int8": "Q8_0"}
@@ -82,9 +83,7 @@ def served_in_turns(
         "compute_type": compute_type,
         "ours": ours,
         "ctranslate2": theirs,
-        "ratio_of_medians": {
-            k: statistics.median(ours[k]) / statistics.median(theirs[k]) for k in keys
-        },
+        "ratio_of_medians": {k: ratio_of_medians(ours[k], theirs[k]) for k in keys},
     }
 
 

@@ -11,22 +11,19 @@ otherwise take CPU from every server and peer the benchmark runs after it.
 
 from __future__ import annotations
 
-import multiprocessing
 import statistics
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from gpt2_max.stepper import stepper
 
 from .ceilings import BandwidthProbe, Bracket
+from .turns import in_own_process, median_turn
 
 
 def decode_tokens_per_second(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """`measure_decode` in a process of its own (see the module docstring)."""
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as child:
-        return child.submit(measure_decode, *args, **kwargs).result()
+    return in_own_process(measure_decode, *args, **kwargs)
 
 
 def measure_decode(
@@ -92,13 +89,3 @@ def in_turns(
             print(f"[engine] {side}, batch {batch}, turn {turn + 1} of {rounds}")
             turns[side].append(decode_tokens_per_second(checkpoint, batch, **kwargs))
     return {side: median_turn(t) for side, t in turns.items()}
-
-
-def median_turn(turns: list[dict[str, Any]]) -> dict[str, Any]:
-    """The turn of median speed (the lower one of an even count), whole,
-    with every turn's speed beside it."""
-    ranked = sorted(turns, key=lambda turn: turn["tokens_per_second"])
-    return {
-        **ranked[(len(ranked) - 1) // 2],
-        "turns": [turn["tokens_per_second"] for turn in turns],
-    }

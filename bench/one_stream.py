@@ -11,7 +11,6 @@ through every turn, paused (SIGSTOP) but while they serve theirs.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,8 @@ from gpt2_max.server import ServerProcess
 from . import ceilings, engine, peer_llama_cpp
 from .load import run_level
 from .served import only
+from .turns import ratio_of_medians
 from .workload import gguf_serving
-
-
-def ratio_of_medians(ours: list[float], theirs: list[float]) -> float | None:
-    if not ours or not theirs:
-        return None
-    return statistics.median(ours) / statistics.median(theirs)
 
 
 def turns(

@@ -12,10 +12,8 @@ these machines a figure moves 10-30 % between moments of a run.
 
 from __future__ import annotations
 
-import multiprocessing
 import statistics
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,8 @@ from typing import Any
 from gpt2_max.server import ServerProcess
 
 from . import peers
-from .engine import median_turn
 from .load import LevelResult, run_level
+from .turns import in_own_process, median_turn
 from .workload import prompts
 
 
@@ -64,12 +62,9 @@ def transformers_turn(
 ) -> dict[str, float]:
     """`peers.transformers_throughput` in a process of its own, so torch's
     threads do not linger in the benchmark's process beside the servers."""
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as child:
-        job = child.submit(
-            peers.transformers_throughput, checkpoint, batch, max_tokens, threads
-        )
-        return job.result()
+    return in_own_process(
+        peers.transformers_throughput, checkpoint, batch, max_tokens, threads
+    )
 
 
 def levels_in_turns(

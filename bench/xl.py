@@ -15,7 +15,7 @@ from typing import Any
 from gpt2_max.checkpoints import write_checkpoint
 
 from . import ceilings, engine, peer_llama_cpp
-from .one_stream import ratio_of_medians
+from .turns import ratio_of_medians
 from .workload import gguf_serving, write_gguf_once
 
 ENCODINGS = ("f32", "f16", "q4_k")

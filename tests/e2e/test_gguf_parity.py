@@ -91,11 +91,19 @@ def test_float32_gguf_matches_transformers(small):
 
 @pytest.mark.parametrize("file_encoding", list(QUANTIZED))
 def test_quantized_gguf_matches_its_dequantized_weights(small, file_encoding):
-    root, checkpoint, prompts = small
-    encoding, bound, agreement = QUANTIZED[file_encoding]
+    root, checkpoint, _ = small
     path = write_gguf(checkpoint, root / f"small-{file_encoding}.gguf", file_encoding)
     # The encoding `./run serve FILE.gguf` passes (`gpt2-max unpack`).
-    assert main_encoding(gguf.GGUFReader(path)) == encoding
+    assert main_encoding(gguf.GGUFReader(path)) == QUANTIZED[file_encoding][0]
+    check_against_dequantized(small, path, file_encoding)
+
+
+def check_against_dequantized(small, path, file_encoding: str) -> None:
+    """Ours on the GGUF file at `path`, teacher-forced on `transformers`'
+    greedy tokens over the file's weights dequantized, held to the
+    encoding's bar in `QUANTIZED`."""
+    root, checkpoint, prompts = small
+    encoding, bound, agreement = QUANTIZED[file_encoding]
     reference = dequantized_checkpoint(path, checkpoint, root / f"ref-{file_encoding}")
     oracle = transformers_greedy_decode(reference, prompts, STEPS)
     ours = max_greedy_decode(
@@ -217,17 +225,6 @@ def test_k_quants_on_max_qmatmul_match_their_dequantized_weights(
     from gpt2_lmhead_model.routing import GGML_KERNELS_SWITCH
 
     monkeypatch.setenv(GGML_KERNELS_SWITCH, "max")
-    root, checkpoint, prompts = small
-    encoding, bound, agreement = QUANTIZED[file_encoding]
+    root, checkpoint, _ = small
     path = write_gguf(checkpoint, root / f"small-{file_encoding}.gguf", file_encoding)
-    reference = dequantized_checkpoint(path, checkpoint, root / f"ref-{file_encoding}")
-    oracle = transformers_greedy_decode(reference, prompts, STEPS)
-    ours = max_greedy_decode(
-        checkpoint,
-        prompts,
-        STEPS,
-        encoding=encoding,
-        weight_path=path,
-        forced=oracle.tokens,
-    )
-    assert_quantized_parity(ours, oracle, len(prompts), file_encoding, bound, agreement)
+    check_against_dequantized(small, path, file_encoding)

@@ -8,13 +8,13 @@ import os
 
 import pytest
 
-from bench import ablations
+from bench import ablations, turns
 
 
 def test_ratio_of_medians_is_not_the_median_of_ratios():
     # medians 4 and 2; the median of the per-turn ratios (0.2, 4, 5) is 4
-    assert ablations.ratio_of_medians([1, 4, 10], [5, 1, 2]) == 2.0
-    assert ablations.ratio_of_medians([3, 1], [1, 1]) == 2.0  # even: the mean of two
+    assert turns.ratio_of_medians([1, 4, 10], [5, 1, 2]) == 2.0
+    assert turns.ratio_of_medians([3, 1], [1, 1]) == 2.0  # even: the mean of two
 
 
 def test_in_turns_alternates_abba_and_probes_each_round():
